@@ -1,0 +1,4 @@
+-- Redis runs scripts in Lua 5.1 with these globals.
+std = "lua51"
+read_globals = { "redis", "KEYS", "ARGV", "cjson", "cmsgpack", "bit", "struct" }
+max_line_length = 110

@@ -1,0 +1,106 @@
+//! The crate's one error type.
+
+use redis::RedisError;
+
+/// Everything a call into this crate can fail with.
+///
+/// The variants separate what a caller handles differently: a lost connection (retry or fail over),
+/// another error from Redis (configuration, permissions, memory), a script refusing its input,
+/// a key holding the wrong type, a reply that does not match the script's contract, and bad
+/// arguments caught before anything was sent.
+///
+/// ```
+/// use redis_primitives::Error;
+///
+/// let err = Error::InvalidArgument { name: "limit", reason: "must be at least 1".into() };
+/// assert_eq!(err.to_string(), "invalid argument `limit`: must be at least 1");
+/// assert!(!err.is_connection());
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The connection failed, dropped, refused or timed out. A timed-out call may have run on the
+    /// server: do not blindly replay one that consumes something.
+    #[error("connection error: {0}")]
+    Connection(#[source] RedisError),
+
+    /// Redis answered with an error that is not the script's own (for example NOPERM, OOM,
+    /// CROSSSLOT, BUSY).
+    #[error("redis error: {0}")]
+    Redis(#[source] RedisError),
+
+    /// The script refused its input with one of the error replies its contract lists
+    /// (`@errors`), such as `BADARG`.
+    #[error("script {script} replied {code}: {message}")]
+    Script {
+        /// The script's `@name`.
+        script: String,
+        /// The first word of the error reply, e.g. `BADARG`.
+        code: String,
+        /// The rest of the error reply.
+        message: String,
+    },
+
+    /// A key the script touched holds a value of another type (Redis' WRONGTYPE).
+    #[error("script {script} found a key of the wrong type: {message}")]
+    WrongType {
+        /// The script's `@name`.
+        script: String,
+        /// Redis' message.
+        message: String,
+    },
+
+    /// The reply does not have the shape the script's contract promises.
+    #[error("unexpected reply from {script}: {detail}")]
+    UnexpectedReply {
+        /// The script's `@name`.
+        script: String,
+        /// What was expected and what arrived.
+        detail: String,
+    },
+
+    /// An argument was refused before anything was sent.
+    #[error("invalid argument `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument's name.
+        name: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// No script of that name is in the bundle, or the bundle itself is malformed.
+    #[error("script bundle: {0}")]
+    Bundle(String),
+}
+
+impl Error {
+    /// True for a lost, refused or timed-out connection.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::Connection(_))
+    }
+
+    pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { name, reason: reason.into() }
+    }
+
+    pub(crate) fn unexpected(script: &str, detail: impl Into<String>) -> Self {
+        Error::UnexpectedReply { script: script.to_owned(), detail: detail.into() }
+    }
+}
+
+impl From<RedisError> for Error {
+    fn from(err: RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_timeout()
+        {
+            Error::Connection(err)
+        } else {
+            Error::Redis(err)
+        }
+    }
+}
+
+/// Shorthand for this crate's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

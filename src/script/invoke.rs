@@ -1,0 +1,521 @@
+//! Invoking scripts: EVALSHA (EVALSHA_RO for read-only calls), with NOSCRIPT recovery.
+//!
+//! The logic lives in small state machines ("plans") that say which command or pipeline to send
+//! next and what a reply means. The blocking and the async driver only move bytes, so both
+//! paths share every decision: one piece of code builds a call and parses its reply.
+//!
+//! Recovery: a NOSCRIPT reply means the script did not run, so re-sending is safe. The plan
+//! re-sends as one pipeline `SCRIPT LOAD <source>` + `EVALSHA …`. A pipeline travels to one
+//! node, and on a cluster redis-rs routes it by the EVALSHA's key, so the script is loaded on
+//! exactly the node that answered NOSCRIPT (a fresh replica after a failover, a restarted or
+//! flushed server), in the same round trip as the retry.
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind, ToRedisArgs, Value};
+
+use super::{Mode, Reply, Script};
+use crate::{Error, Result};
+
+/// Cleared the first time a server answers EVALSHA_RO with "unknown command" (Redis < 7.0);
+/// from then on read-only calls use EVALSHA, which is always correct, only not replica-routable.
+static EVALSHA_RO_SUPPORTED: AtomicBool = AtomicBool::new(true);
+
+/// One call of a script: its keys and arguments, ready to send.
+///
+/// ```no_run
+/// # async fn demo() -> redis_primitives::Result<()> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+/// let mut con = client.get_multiplexed_async_connection().await?;
+/// let released = redis_primitives::script::get("lock.release")?
+///     .invoke()
+///     .key("lock:{orders}")
+///     .arg("my-token")
+///     .query_async(&mut con)
+///     .await?;
+/// println!("{released:?}");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Invocation<'s> {
+    script: &'s Script,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+    read_only: bool,
+}
+
+impl<'s> Invocation<'s> {
+    pub(crate) fn new(script: &'s Script) -> Self {
+        Invocation {
+            script,
+            keys: Vec::with_capacity(script.contract().keys.len()),
+            args: Vec::with_capacity(script.contract().args.len()),
+            read_only: script.contract().mode == Mode::Read,
+        }
+    }
+
+    /// Adds a key (`KEYS[i]`).
+    pub fn key<T: ToRedisArgs>(mut self, key: T) -> Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    /// Adds an argument (`ARGV[i]`).
+    pub fn arg<T: ToRedisArgs>(mut self, arg: T) -> Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// Sends this call with EVALSHA_RO (where the server has it). Defaults to the script's
+    /// `@mode`; a write script may be sent read-only when the caller asks for a path that only
+    /// reads (e.g. a rate limit's peek), and Redis enforces that it writes nothing.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// The script this call runs.
+    pub fn script(&self) -> &'s Script {
+        self.script
+    }
+
+    /// Checks what can be checked without the server: the number of keys against the contract,
+    /// and that no key is empty.
+    pub fn validate(&self) -> Result<()> {
+        let c = self.script.contract();
+        let fixed = c.fixed_keys();
+        let ok = if c.variadic_keys() { self.keys.len() > fixed } else { self.keys.len() == fixed };
+        if !ok {
+            let want = if c.variadic_keys() { format!("more than {fixed}") } else { fixed.to_string() };
+            return Err(Error::invalid(
+                "keys",
+                format!("{} takes {want} keys, got {}", c.name, self.keys.len()),
+            ));
+        }
+        if self.keys.iter().any(|k| k.is_empty()) {
+            return Err(Error::invalid("key", "keys must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn evalsha(&self, read_only: bool) -> Cmd {
+        let mut cmd = redis::cmd(if read_only { "EVALSHA_RO" } else { "EVALSHA" });
+        cmd.arg(self.script.sha1()).arg(self.keys.len());
+        for k in &self.keys {
+            cmd.arg(k.as_slice());
+        }
+        for a in &self.args {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+
+    fn wants_read_only(&self) -> bool {
+        self.read_only && EVALSHA_RO_SUPPORTED.load(Ordering::Relaxed)
+    }
+
+    /// Runs the call on a blocking connection; the raw reply.
+    pub fn query(&self, con: &mut dyn redis::ConnectionLike) -> Result<Value> {
+        self.validate()?;
+        drive(CallPlan::new(self), con)
+    }
+
+    /// Runs the call on an async connection (multiplexed, connection manager, cluster); the raw
+    /// reply.
+    pub async fn query_async<C>(&self, con: &mut C) -> Result<Value>
+    where
+        C: redis::aio::ConnectionLike + Send,
+    {
+        self.validate()?;
+        drive_async(CallPlan::new(self), con).await
+    }
+}
+
+/// A typed script call: how to build the invocation and how to read the reply. Primitives
+/// implement this once; `query` (blocking) and `query_async` run it on any redis-rs connection.
+///
+/// ```no_run
+/// use redis_primitives::script::{Invocation, Reply, ScriptCall};
+///
+/// struct Release<'a> { key: &'a str, token: &'a str }
+///
+/// impl ScriptCall for Release<'_> {
+///     type Output = bool;
+///     fn invocation(&self) -> redis_primitives::Result<Invocation<'static>> {
+///         Ok(redis_primitives::script::get("lock.release")?.invoke().key(self.key).arg(self.token))
+///     }
+///     fn parse(&self, reply: Reply) -> redis_primitives::Result<bool> {
+///         Ok(reply.int()? == 1)
+///     }
+/// }
+///
+/// # fn demo(con: &mut redis::Connection) -> redis_primitives::Result<()> {
+/// let released = Release { key: "lock:{orders}", token: "t-1" }.query(con)?;
+/// # Ok(()) }
+/// ```
+pub trait ScriptCall {
+    /// What the call answers.
+    type Output;
+
+    /// Validates the arguments and builds the invocation. Nothing is sent when this fails.
+    fn invocation(&self) -> Result<Invocation<'static>>;
+
+    /// Reads the reply.
+    fn parse(&self, reply: Reply) -> Result<Self::Output>;
+
+    /// Runs the call on a blocking connection.
+    fn query(&self, con: &mut dyn redis::ConnectionLike) -> Result<Self::Output> {
+        let inv = self.invocation()?;
+        let value = inv.query(con)?;
+        self.parse(Reply::new(inv.script().name(), value))
+    }
+
+    /// Runs the call on an async connection.
+    fn query_async<C>(&self, con: &mut C) -> impl Future<Output = Result<Self::Output>> + Send
+    where
+        C: redis::aio::ConnectionLike + Send,
+        Self: Sync,
+    {
+        async move {
+            let inv = self.invocation()?;
+            let value = inv.query_async(con).await?;
+            self.parse(Reply::new(inv.script().name(), value))
+        }
+    }
+}
+
+/// Many calls in one pipeline: one round trip for all of them. Entries that met NOSCRIPT are
+/// loaded and re-sent (only those; the others ran once and are not repeated), which redis-rs's
+/// own `invoke_script` in a pipeline does not do.
+///
+/// On a cluster, a pipeline goes to one node, so all entries of a batch must share a hash slot
+/// (give their keys the same hash tag); otherwise redis-rs refuses it with CROSSSLOT.
+///
+/// ```no_run
+/// # use redis_primitives::script::{Batch, Invocation, Reply, ScriptCall};
+/// # struct Release(&'static str);
+/// # impl ScriptCall for Release {
+/// #     type Output = i64;
+/// #     fn invocation(&self) -> redis_primitives::Result<Invocation<'static>> {
+/// #         Ok(redis_primitives::script::get("lock.release")?.invoke().key("lock:{a}").arg(self.0))
+/// #     }
+/// #     fn parse(&self, reply: Reply) -> redis_primitives::Result<i64> { reply.int() }
+/// # }
+/// # fn demo(con: &mut redis::Connection) -> redis_primitives::Result<()> {
+/// let batch: Batch<Release> = vec![Release("t1"), Release("t2")].into_iter().collect();
+/// for outcome in batch.query(con)? {
+///     println!("{:?}", outcome?);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Batch<C> {
+    calls: Vec<C>,
+}
+
+impl<C> Default for Batch<C> {
+    fn default() -> Self {
+        Batch { calls: Vec::new() }
+    }
+}
+
+impl<C> FromIterator<C> for Batch<C> {
+    fn from_iter<I: IntoIterator<Item = C>>(iter: I) -> Self {
+        Batch { calls: iter.into_iter().collect() }
+    }
+}
+
+impl<C: ScriptCall> Batch<C> {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Batch { calls: Vec::new() }
+    }
+
+    /// Adds a call.
+    pub fn push(&mut self, call: C) -> &mut Self {
+        self.calls.push(call);
+        self
+    }
+
+    /// Number of calls.
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// True when there is no call.
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Sends the batch on a blocking connection. The outer error is for the batch as a whole
+    /// (connection lost); each entry has its own outcome, in order.
+    pub fn query(&self, con: &mut dyn redis::ConnectionLike) -> Result<Vec<Result<C::Output>>> {
+        let invs = self.invocations();
+        let values = match BatchPlan::new(&invs) {
+            Some(plan) => drive(plan, con)?,
+            None => Vec::new(),
+        };
+        Ok(self.finish(invs, values))
+    }
+
+    /// Sends the batch on an async connection.
+    pub async fn query_async<K>(&self, con: &mut K) -> Result<Vec<Result<C::Output>>>
+    where
+        K: redis::aio::ConnectionLike + Send,
+    {
+        let invs = self.invocations();
+        let values = match BatchPlan::new(&invs) {
+            Some(plan) => drive_async(plan, con).await?,
+            None => Vec::new(),
+        };
+        Ok(self.finish(invs, values))
+    }
+
+    fn invocations(&self) -> Vec<Result<Invocation<'static>>> {
+        self.calls
+            .iter()
+            .map(|c| c.invocation().and_then(|inv| inv.validate().map(|()| inv)))
+            .collect()
+    }
+
+    /// Pairs each sent entry's reply with its call; entries refused before sending keep their
+    /// error.
+    fn finish(
+        &self,
+        invs: Vec<Result<Invocation<'static>>>,
+        values: Vec<Result<Value>>,
+    ) -> Vec<Result<C::Output>> {
+        let mut values = values.into_iter();
+        self.calls
+            .iter()
+            .zip(invs)
+            .map(|(call, inv)| match inv {
+                Err(e) => Err(e),
+                Ok(inv) => match values.next() {
+                    Some(Ok(v)) => call.parse(Reply::new(inv.script().name(), v)),
+                    Some(Err(e)) => Err(e),
+                    None => Err(Error::unexpected(inv.script().name(), "batch reply too short")),
+                },
+            })
+            .collect()
+    }
+}
+
+/// What to send next.
+enum Step {
+    Cmd(Cmd),
+    Pipe(Pipeline),
+}
+
+/// A sans-IO exchange: the first step, then each reply gives either the next step or the end.
+trait Plan {
+    type Out;
+    fn first(&mut self) -> Step;
+    fn advance(&mut self, reply: RedisResult<Value>) -> ControlFlow<Result<Self::Out>, Step>;
+}
+
+fn drive<P: Plan>(mut plan: P, con: &mut dyn redis::ConnectionLike) -> Result<P::Out> {
+    let mut step = plan.first();
+    loop {
+        let reply = match &step {
+            Step::Cmd(cmd) => cmd.query::<Value>(con),
+            Step::Pipe(pipe) => pipe.query::<Value>(con),
+        };
+        match plan.advance(reply) {
+            ControlFlow::Break(out) => return out,
+            ControlFlow::Continue(next) => step = next,
+        }
+    }
+}
+
+async fn drive_async<P, C>(mut plan: P, con: &mut C) -> Result<P::Out>
+where
+    P: Plan,
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut step = plan.first();
+    loop {
+        let reply = match &step {
+            Step::Cmd(cmd) => cmd.query_async::<Value>(con).await,
+            Step::Pipe(pipe) => pipe.query_async::<Value>(con).await,
+        };
+        match plan.advance(reply) {
+            ControlFlow::Break(out) => return out,
+            ControlFlow::Continue(next) => step = next,
+        }
+    }
+}
+
+/// One invocation: EVALSHA; on NOSCRIPT, SCRIPT LOAD + EVALSHA in one pipeline, once.
+struct CallPlan<'a, 's> {
+    inv: &'a Invocation<'s>,
+    read_only: bool,
+    recovering: bool,
+}
+
+impl<'a, 's> CallPlan<'a, 's> {
+    fn new(inv: &'a Invocation<'s>) -> Self {
+        CallPlan { inv, read_only: inv.wants_read_only(), recovering: false }
+    }
+}
+
+impl Plan for CallPlan<'_, '_> {
+    type Out = Value;
+
+    fn first(&mut self) -> Step {
+        Step::Cmd(self.inv.evalsha(self.read_only))
+    }
+
+    fn advance(&mut self, reply: RedisResult<Value>) -> ControlFlow<Result<Value>, Step> {
+        let script = self.inv.script;
+        let reply = if self.recovering { reply.and_then(|v| recovered_reply(v, 1)) } else { reply };
+        match reply {
+            Ok(v) => ControlFlow::Break(Ok(v)),
+            Err(e) if is_noscript(&e) && !self.recovering => {
+                self.recovering = true;
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors().add_command(load_cmd(script)).add_command(self.inv.evalsha(self.read_only));
+                ControlFlow::Continue(Step::Pipe(pipe))
+            }
+            Err(e) if self.read_only && is_unknown_command(&e) => {
+                // Nothing ran: the server does not know EVALSHA_RO.
+                EVALSHA_RO_SUPPORTED.store(false, Ordering::Relaxed);
+                self.read_only = false;
+                self.recovering = false;
+                ControlFlow::Continue(Step::Cmd(self.inv.evalsha(false)))
+            }
+            Err(e) => ControlFlow::Break(Err(classify(script, e))),
+        }
+    }
+}
+
+/// Many invocations in one pipeline; NOSCRIPT entries are re-sent after their scripts load.
+struct BatchPlan<'a> {
+    invs: Vec<&'a Invocation<'static>>,
+    results: Vec<Option<Result<Value>>>,
+    /// Entries (positions in `invs`) sent in the recovery pipeline, after `loads` SCRIPT LOADs.
+    retry: Vec<usize>,
+    loads: Vec<&'static Script>,
+}
+
+impl<'a> BatchPlan<'a> {
+    fn new(invs: &'a [Result<Invocation<'static>>]) -> Option<Self> {
+        let invs: Vec<_> = invs.iter().filter_map(|i| i.as_ref().ok()).collect();
+        if invs.is_empty() {
+            return None;
+        }
+        let results = invs.iter().map(|_| None).collect();
+        Some(BatchPlan { invs, results, retry: Vec::new(), loads: Vec::new() })
+    }
+
+    fn pipeline(&self, entries: &[usize]) -> Pipeline {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for s in &self.loads {
+            pipe.add_command(load_cmd(s));
+        }
+        for &i in entries {
+            // Batches always use EVALSHA: one pipeline, one command form, any server version.
+            pipe.add_command(self.invs[i].evalsha(false));
+        }
+        pipe
+    }
+}
+
+impl Plan for BatchPlan<'_> {
+    type Out = Vec<Result<Value>>;
+
+    fn first(&mut self) -> Step {
+        let all: Vec<usize> = (0..self.invs.len()).collect();
+        Step::Pipe(self.pipeline(&all))
+    }
+
+    fn advance(&mut self, reply: RedisResult<Value>) -> ControlFlow<Result<Self::Out>, Step> {
+        let recovering = !self.loads.is_empty();
+        let sent: Vec<usize> = if recovering { self.retry.clone() } else { (0..self.invs.len()).collect() };
+        let values = match reply {
+            Ok(Value::Array(values)) if values.len() == self.loads.len() + sent.len() => values,
+            Ok(other) => {
+                let detail = format!("batch reply of {} entries expected, got {other:?}", sent.len());
+                return ControlFlow::Break(Err(Error::unexpected("batch", detail)));
+            }
+            Err(e) => return ControlFlow::Break(Err(Error::from(e))),
+        };
+        let mut values = values.into_iter();
+        // A failed SCRIPT LOAD (e.g. NOPERM) explains why its entries cannot run.
+        let mut load_error = None;
+        for _ in 0..self.loads.len() {
+            if let Some(Err(e)) = values.next().map(Value::extract_error) {
+                load_error.get_or_insert(e);
+            }
+        }
+        let mut retry = Vec::new();
+        for (&i, value) in sent.iter().zip(values) {
+            let script = self.invs[i].script;
+            self.results[i] = Some(match value.extract_error() {
+                Ok(v) => Ok(v),
+                Err(e) if is_noscript(&e) && !recovering => {
+                    retry.push(i);
+                    continue;
+                }
+                Err(e) => Err(classify(script, load_error.clone().unwrap_or(e))),
+            });
+        }
+        if !retry.is_empty() {
+            let mut loads: Vec<&'static Script> = retry.iter().map(|&i| self.invs[i].script).collect();
+            loads.sort_by(|a, b| a.sha1().cmp(b.sha1()));
+            loads.dedup_by(|a, b| a.sha1() == b.sha1());
+            self.loads = loads;
+            self.retry = retry;
+            return ControlFlow::Continue(Step::Pipe(self.pipeline(&self.retry)));
+        }
+        let out = self.results.iter_mut().map(|r| r.take().unwrap_or_else(|| Ok(Value::Nil))).collect();
+        ControlFlow::Break(Ok(out))
+    }
+}
+
+pub(crate) fn load_cmd(script: &Script) -> Cmd {
+    let mut cmd = redis::cmd("SCRIPT");
+    cmd.arg("LOAD").arg(script.source());
+    cmd
+}
+
+/// The `index`-th reply of a recovery pipeline, with a failed SCRIPT LOAD reported first.
+fn recovered_reply(v: Value, index: usize) -> RedisResult<Value> {
+    match v {
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            if let Some(Value::ServerError(e)) = items.next() {
+                return Err(e.into());
+            }
+            items.nth(index - 1).unwrap_or(Value::Nil).extract_error()
+        }
+        other => Ok(other),
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+fn is_unknown_command(e: &RedisError) -> bool {
+    e.code() == Some("ERR") && e.detail().is_some_and(|d| d.starts_with("unknown command"))
+}
+
+/// Sorts a server error into the crate's error kinds, using the script's contract to recognise
+/// its own error replies.
+pub(crate) fn classify(script: &Script, err: RedisError) -> Error {
+    if let Some(code) = err.code() {
+        let detail = err.detail().unwrap_or_default().trim().to_owned();
+        if script.contract().gives_error(code) {
+            return Error::Script { script: script.name().to_owned(), code: code.to_owned(), message: detail };
+        }
+        // Redis 7 replies WRONGTYPE; 6.2 wraps it as "ERR Error running script ...: WRONGTYPE ...".
+        if code == "WRONGTYPE" || detail.contains("WRONGTYPE") {
+            return Error::WrongType { script: script.name().to_owned(), message: detail };
+        }
+    }
+    Error::from(err)
+}
