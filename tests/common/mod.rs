@@ -235,6 +235,9 @@ impl Cluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    // Replicas appear in CLUSTER SLOTS once they have an offset: ping them often.
+                    "--repl-ping-replica-period",
+                    "1",
                 ])
             })
             .collect();
@@ -260,7 +263,10 @@ impl Cluster {
                 let state = n.info_cluster();
                 let replica_ok = n.info_field("replication", "role").as_deref() != Some("slave")
                     || n.info_field("replication", "master_link_status").as_deref() == Some("up");
-                state.contains("cluster_state:ok") && state.contains("cluster_known_nodes:6") && replica_ok
+                state.contains("cluster_state:ok")
+                    && state.contains("cluster_known_nodes:6")
+                    && replica_ok
+                    && n.every_range_has_a_replica()
             });
             if ok {
                 return;
@@ -326,6 +332,12 @@ impl Cluster {
 impl Server {
     fn info_cluster(&self) -> String {
         self.cmd(&["CLUSTER", "INFO"])
+    }
+
+    /// In this node's CLUSTER SLOTS, every slot range lists a replica beside its primary.
+    fn every_range_has_a_replica(&self) -> bool {
+        let ranges: Vec<redis::Value> = self.cmd(&["CLUSTER", "SLOTS"]);
+        !ranges.is_empty() && ranges.iter().all(|r| matches!(r, redis::Value::Array(parts) if parts.len() >= 4))
     }
 }
 

@@ -1,0 +1,146 @@
+//! The loader on a local Redis Cluster (3 primaries, 1 replica each): preload per node, calls
+//! across many slots with NOSCRIPT recovery, single-slot batches, and a failover to a replica
+//! whose script cache is empty.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{Cluster, unique};
+use redis::Value;
+use redis_primitives::script::{self, Batch, Invocation, Reply, ScriptCall};
+
+/// Shared by the tests that do not disturb the cluster.
+fn shared() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+struct Acquire(String);
+
+impl ScriptCall for Acquire {
+    type Output = i64;
+    fn invocation(&self) -> redis_primitives::Result<Invocation<'static>> {
+        Ok(script::get("lock.acquire")?
+            .invoke()
+            .key(format!("lock:{{{}}}", self.0))
+            .key(format!("lock:{{{}}}:fence", self.0))
+            .arg("token")
+            .arg(60_000))
+    }
+    /// The fencing token.
+    fn parse(&self, reply: Reply) -> redis_primitives::Result<i64> {
+        let v = reply.ints(3)?;
+        if v[0] != 1 {
+            return Err(reply.unexpected("an acquired lock"));
+        }
+        Ok(v[1])
+    }
+}
+
+fn exists_on(cluster: &Cluster, port: u16, name: &str) -> bool {
+    let sha = script::get(name).unwrap().sha1().to_owned();
+    cluster.node(port).cmd::<Vec<i64>>(&["SCRIPT", "EXISTS", &sha]) == [1]
+}
+
+#[tokio::test]
+async fn preload_reports_every_primary() {
+    let cluster = shared();
+    let mut con = cluster.client().get_async_connection().await.unwrap();
+    let reports = script::preload_cluster(&mut con).await.unwrap();
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    let n = script::bundle().unwrap().len();
+    for r in &reports {
+        assert_eq!(r.outcome.as_ref().ok(), Some(&n), "{}: {:?}", r.node, r.outcome);
+        let port: u16 = r.node.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(exists_on(cluster, port, "lock.acquire"));
+    }
+}
+
+#[tokio::test]
+async fn calls_across_many_slots_recover_from_noscript_on_each_node() {
+    let cluster = shared();
+    let mut con = cluster.client().get_async_connection().await.unwrap();
+    // Empty every node's cache so each primary must recover by itself.
+    for n in &cluster.nodes {
+        let _: String = n.cmd(&["SCRIPT", "FLUSH"]);
+    }
+    let tag = unique("slots");
+    let mut slots = std::collections::HashSet::new();
+    for i in 0..200 {
+        let resource = format!("{tag}-{i}");
+        assert_eq!(Acquire(resource.clone()).query_async(&mut con).await.unwrap(), 1);
+        slots.insert(cluster.owners(&format!("lock:{{{resource}}}")).0);
+    }
+    assert_eq!(slots.len(), 3, "200 resources spread over all three primaries");
+    for port in slots {
+        assert!(exists_on(cluster, port, "lock.acquire"), "primary :{port} was loaded by recovery");
+    }
+}
+
+#[tokio::test]
+async fn single_slot_batch_recovers_on_a_cluster() {
+    let cluster = shared();
+    let mut con = cluster.client().get_async_connection().await.unwrap();
+    let tag = unique("batch");
+    let key = format!("lock:{{{tag}}}");
+    let (primary, _) = cluster.owners(&key);
+    let _: String = cluster.node(primary).cmd(&["SCRIPT", "FLUSH"]);
+    // Same hash tag, different locks: one slot, one pipeline.
+    struct SameSlot(String, usize);
+    impl ScriptCall for SameSlot {
+        type Output = Value;
+        fn invocation(&self) -> redis_primitives::Result<Invocation<'static>> {
+            Ok(script::get("lock.acquire")?
+                .invoke()
+                .key(format!("lock:{{{}}}:{}", self.0, self.1))
+                .key(format!("lock:{{{}}}:{}:fence", self.0, self.1))
+                .arg("t")
+                .arg(60_000))
+        }
+        fn parse(&self, reply: Reply) -> redis_primitives::Result<Value> {
+            Ok(reply.into_value())
+        }
+    }
+    let batch: Batch<SameSlot> = (0..20).map(|i| SameSlot(tag.clone(), i)).collect();
+    let results = batch.query_async(&mut con).await.unwrap();
+    assert_eq!(results.len(), 20);
+    for r in results {
+        assert_eq!(r.unwrap(), Value::Array(vec![Value::Int(1), Value::Int(1), Value::Int(60_000)]));
+    }
+}
+
+#[tokio::test]
+async fn failover_to_a_replica_with_an_empty_script_cache_is_recovered() {
+    let cluster = Cluster::start(); // its own: a failover disturbs every other test
+    let mut con = cluster.client().get_async_connection().await.unwrap();
+    let reports = script::preload_cluster(&mut con).await.unwrap();
+    assert!(reports.iter().all(|r| r.outcome.is_ok()), "{reports:?}");
+
+    let resource = unique("failover");
+    let key = format!("lock:{{{resource}}}");
+    assert_eq!(Acquire(format!("{resource}-before")).query_async(&mut con).await.unwrap(), 1);
+    let (_, replicas) = cluster.owners(&key);
+    // Preload loads primaries only, and SCRIPT LOAD is not replicated: the replica is empty.
+    assert!(!exists_on(&cluster, replicas[0], "lock.acquire"));
+
+    let promoted = cluster.failover(&key);
+    assert_eq!(cluster.owners(&key).0, promoted);
+    assert!(!exists_on(&cluster, promoted, "lock.acquire"), "the new primary starts without the script");
+
+    // The client follows the MOVED redirect to the new primary, meets NOSCRIPT there, and the
+    // loader loads the script on that node and retries.
+    let mut fence = None;
+    for _ in 0..50 {
+        match Acquire(resource.clone()).query_async(&mut con).await {
+            Ok(f) => {
+                fence = Some(f);
+                break;
+            }
+            Err(e) if e.is_connection() => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            Err(e) => panic!("unexpected error after failover: {e}"),
+        }
+    }
+    assert_eq!(fence, Some(1));
+    assert!(exists_on(&cluster, promoted, "lock.acquire"));
+}
