@@ -68,6 +68,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request costs more than a limit can ever hold (its limit or burst): it would be refused
+    /// forever, so it is an error rather than a "retry later".
+    #[error("a cost of {cost} can never fit a limit of capacity {capacity}")]
+    InsufficientCapacity {
+        /// The request's cost.
+        cost: u64,
+        /// The smallest capacity among the limits checked.
+        capacity: u64,
+    },
+
     /// No script of that name is in the bundle, or the bundle itself is malformed.
     #[error("script bundle: {0}")]
     Bundle(String),
@@ -90,10 +100,7 @@ impl Error {
 
 impl From<RedisError> for Error {
     fn from(err: RedisError) -> Self {
-        if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_timeout()
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
         {
             Error::Connection(err)
         } else {

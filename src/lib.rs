@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod ratelimit;
 pub mod script;
 
 pub use error::{Error, Result};

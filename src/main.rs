@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use redis_primitives::script::{self, Manifest};
 
 #[derive(Parser)]
-#[command(name = "redis-primitives", version, about = "Coordination primitives on Redis, as audited Lua scripts")]
+#[command(
+    name = "redis-primitives",
+    version,
+    about = "Coordination primitives on Redis, as audited Lua scripts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,7 +78,13 @@ fn scripts(cmd: ScriptsCmd) -> CliResult {
             let width = bundle.iter().map(|s| s.name().len()).max().unwrap_or(0);
             for s in bundle.iter() {
                 let c = s.contract();
-                println!("{:width$}  {}  {:5}  {}", s.name(), s.sha1(), format!("{:?}", c.mode).to_lowercase(), c.summary);
+                println!(
+                    "{:width$}  {}  {:5}  {}",
+                    s.name(),
+                    s.sha1(),
+                    format!("{:?}", c.mode).to_lowercase(),
+                    c.summary
+                );
             }
             println!("{} scripts, bundle {}", bundle.len(), bundle.digest());
         }
@@ -129,7 +139,6 @@ fn scripts(cmd: ScriptsCmd) -> CliResult {
     }
     Ok(ExitCode::SUCCESS)
 }
-
 
 fn load(url: &str) -> CliResult {
     let bundle = script::bundle()?;

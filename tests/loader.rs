@@ -202,7 +202,8 @@ fn errors_are_typed() {
     let acquire = script::get("lock.acquire").unwrap();
 
     // The script's own refusal, sent raw (as a caller in another language would).
-    let err = acquire.invoke().key("lock:{e}").key("lock:{e}:fence").arg("t").arg(0).query(&mut con).unwrap_err();
+    let err =
+        acquire.invoke().key("lock:{e}").key("lock:{e}:fence").arg("t").arg(0).query(&mut con).unwrap_err();
     match err {
         Error::Script { script, code, message } => {
             assert_eq!((script.as_str(), code.as_str()), ("lock.acquire", "BADARG"));
@@ -213,7 +214,14 @@ fn errors_are_typed() {
 
     // A key of another type.
     let _: i64 = server.cmd(&["HSET", "lock:{wt}", "f", "v"]);
-    let err = acquire.invoke().key("lock:{wt}").key("lock:{wt}:fence").arg("t").arg(10).query(&mut con).unwrap_err();
+    let err = acquire
+        .invoke()
+        .key("lock:{wt}")
+        .key("lock:{wt}:fence")
+        .arg("t")
+        .arg(10)
+        .query(&mut con)
+        .unwrap_err();
     assert!(matches!(err, Error::WrongType { ref script, .. } if script == "lock.acquire"), "{err:?}");
 
     // Checked before sending: wrong number of keys.
@@ -237,7 +245,8 @@ fn connection_errors_are_told_apart() {
     let mut server = Server::start();
     let mut con = server.conn();
     server.kill();
-    let err = script::get("lock.release").unwrap().invoke().key("lock:{x}").arg("t").query(&mut con).unwrap_err();
+    let err =
+        script::get("lock.release").unwrap().invoke().key("lock:{x}").arg("t").query(&mut con).unwrap_err();
     assert!(err.is_connection(), "{err:?}");
 }
 

@@ -274,10 +274,7 @@ impl<C: ScriptCall> Batch<C> {
     }
 
     fn invocations(&self) -> Vec<Result<Invocation<'static>>> {
-        self.calls
-            .iter()
-            .map(|c| c.invocation().and_then(|inv| inv.validate().map(|()| inv)))
-            .collect()
+        self.calls.iter().map(|c| c.invocation().and_then(|inv| inv.validate().map(|()| inv))).collect()
     }
 
     /// Pairs each sent entry's reply with its call; entries refused before sending keep their
@@ -376,7 +373,9 @@ impl Plan for CallPlan<'_, '_> {
             Err(e) if is_noscript(&e) && !self.recovering => {
                 self.recovering = true;
                 let mut pipe = redis::pipe();
-                pipe.ignore_errors().add_command(load_cmd(script)).add_command(self.inv.evalsha(self.read_only));
+                pipe.ignore_errors()
+                    .add_command(load_cmd(script))
+                    .add_command(self.inv.evalsha(self.read_only));
                 ControlFlow::Continue(Step::Pipe(pipe))
             }
             Err(e) if self.read_only && is_unknown_command(&e) => {
@@ -510,7 +509,11 @@ pub(crate) fn classify(script: &Script, err: RedisError) -> Error {
     if let Some(code) = err.code() {
         let detail = err.detail().unwrap_or_default().trim().to_owned();
         if script.contract().gives_error(code) {
-            return Error::Script { script: script.name().to_owned(), code: code.to_owned(), message: detail };
+            return Error::Script {
+                script: script.name().to_owned(),
+                code: code.to_owned(),
+                message: detail,
+            };
         }
         // Redis 7 replies WRONGTYPE; 6.2 wraps it as "ERR Error running script ...: WRONGTYPE ...".
         if code == "WRONGTYPE" || detail.contains("WRONGTYPE") {

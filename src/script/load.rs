@@ -31,7 +31,10 @@ fn load_pipeline(bundle: &Bundle) -> Pipeline {
 /// Checks that the server hashed each script to the SHA1 we call it by.
 fn check_loaded(bundle: &Bundle, shas: Vec<String>) -> Result<usize> {
     if shas.len() != bundle.len() {
-        return Err(Error::unexpected("SCRIPT LOAD", format!("{} replies for {} scripts", shas.len(), bundle.len())));
+        return Err(Error::unexpected(
+            "SCRIPT LOAD",
+            format!("{} replies for {} scripts", shas.len(), bundle.len()),
+        ));
     }
     for (s, got) in bundle.iter().zip(&shas) {
         if got != s.sha1() {
@@ -89,7 +92,10 @@ where
 pub async fn preload_cluster(con: &mut ClusterConnection) -> Result<Vec<NodeLoad>> {
     let bundle = bundle()?;
     let slots = con
-        .route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+        .route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        )
         .await?;
     let primaries = primaries_from_slots(&slots)?;
     let pipe = load_pipeline(bundle);
@@ -115,7 +121,8 @@ pub(crate) fn primaries_from_slots(slots: &Value) -> Result<Vec<(String, u16)>> 
     for range in ranges {
         let Value::Array(parts) = range else { return Err(bad()) };
         let Some(Value::Array(primary)) = parts.get(2) else { return Err(bad()) };
-        let host: String = primary.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
+        let host: String =
+            primary.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
         let port: u16 = primary.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
         if !out.iter().any(|(h, p)| *h == host && *p == port) {
             out.push((host, port));

@@ -52,13 +52,11 @@ impl Script {
     /// assert_eq!(s.name(), "x.y");
     /// ```
     pub fn from_source(file: &str, source: &'static [u8]) -> Result<Script> {
-        let text = std::str::from_utf8(source)
-            .map_err(|_| Error::Bundle(format!("{file} is not UTF-8")))?;
+        let text = std::str::from_utf8(source).map_err(|_| Error::Bundle(format!("{file} is not UTF-8")))?;
         if text.contains('\r') {
             return Err(Error::Bundle(format!("{file} has CR line endings; the SHA1 is over LF bytes")));
         }
-        let contract =
-            Contract::parse(text).map_err(|e| Error::Bundle(format!("{file}: header: {e}")))?;
+        let contract = Contract::parse(text).map_err(|e| Error::Bundle(format!("{file}: header: {e}")))?;
         Ok(Script {
             contract,
             file: file.to_owned(),

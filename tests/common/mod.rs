@@ -20,7 +20,8 @@ const INSTALL_HINT: &str = "redis-server was not found. Install it (Debian/Ubunt
 pub fn redis_server_bin() -> PathBuf {
     static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
     BIN.get_or_init(|| {
-        let candidate = std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into());
+        let candidate =
+            std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into());
         let ok = Command::new(&candidate)
             .arg("--version")
             .stdout(Stdio::null())
@@ -36,7 +37,10 @@ pub fn redis_server_bin() -> PathBuf {
 fn redis_cli_bin() -> PathBuf {
     let bin = std::env::var_os("REDIS_CLI").map(PathBuf::from).unwrap_or_else(|| "redis-cli".into());
     let ok = Command::new(&bin).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(ok, "redis-cli was not found: `apt-get install -y redis-tools` (needed to create the test cluster)");
+    assert!(
+        ok,
+        "redis-cli was not found: `apt-get install -y redis-tools` (needed to create the test cluster)"
+    );
     bin
 }
 
@@ -51,7 +55,9 @@ fn next_free_port() -> u16 {
         if port > 55000 {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
+        {
             return port;
         }
     }
@@ -83,10 +89,12 @@ impl Server {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _attempt in 0..10 {
             let port = next_free_port();
-            let dir = std::env::temp_dir().join(format!("redis-primitives-test-{}-{port}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("redis-primitives-test-{}-{port}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create server dir");
-            let mut server = Server { port, dir, extra: extra.clone(), bin: bin.clone(), child: None, watchdog: None };
+            let mut server =
+                Server { port, dir, extra: extra.clone(), bin: bin.clone(), child: None, watchdog: None };
             if server.spawn() {
                 return server;
             }
@@ -98,15 +106,24 @@ impl Server {
     fn spawn(&mut self) -> bool {
         let log = self.dir.join("redis.log");
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(&log)
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&self.dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{INSTALL_HINT} ({e})"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -317,9 +334,11 @@ impl Cluster {
         let promoted = replicas[0];
         let _: String = self.node(promoted).cmd(&["CLUSTER", "FAILOVER"]);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.nodes.iter().any(|n| n.cmd::<String>(&["CLUSTER", "NODES"]).lines().any(|l| {
-            l.contains(&format!(":{promoted}@")) && !l.contains("master")
-        })) || self.owners(key).0 == old
+        while self.nodes.iter().any(|n| {
+            n.cmd::<String>(&["CLUSTER", "NODES"])
+                .lines()
+                .any(|l| l.contains(&format!(":{promoted}@")) && !l.contains("master"))
+        }) || self.owners(key).0 == old
         {
             assert!(Instant::now() < deadline, "failover to :{promoted} did not complete");
             std::thread::sleep(Duration::from_millis(100));
@@ -337,7 +356,8 @@ impl Server {
     /// In this node's CLUSTER SLOTS, every slot range lists a replica beside its primary.
     fn every_range_has_a_replica(&self) -> bool {
         let ranges: Vec<redis::Value> = self.cmd(&["CLUSTER", "SLOTS"]);
-        !ranges.is_empty() && ranges.iter().all(|r| matches!(r, redis::Value::Array(parts) if parts.len() >= 4))
+        !ranges.is_empty()
+            && ranges.iter().all(|r| matches!(r, redis::Value::Array(parts) if parts.len() >= 4))
     }
 }
 

@@ -1,0 +1,414 @@
+//! Rate limits against real Redis (standalone and a local cluster): exactness under concurrency,
+//! retry storms with and without penalty, same-instant requests, weights, peek, reset, several
+//! limits at once, bad input and wrong key types.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Server, unique};
+use redis::Value;
+use redis_primitives::Error;
+use redis_primitives::ratelimit::{Algorithm, Gcra, MultiLimit, RateLimiter, Request, SlidingWindow};
+use redis_primitives::script::{self, Batch};
+
+fn shared_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(Cluster::start)
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn window(limit: u64, w: Duration) -> RateLimiter<SlidingWindow> {
+    RateLimiter::new(unique("sw"), SlidingWindow::new(limit, w).unwrap()).unwrap()
+}
+
+fn gcra(rate: u64, period: Duration) -> RateLimiter<Gcra> {
+    RateLimiter::new(unique("gcra"), Gcra::new(rate, period).unwrap()).unwrap()
+}
+
+/// 64 tasks over `conns` distinct connections send 2,000 requests for one subject; returns how
+/// many were admitted.
+async fn storm<A, C>(limiter: &RateLimiter<A>, conns: Vec<C>, subject: &str) -> u64
+where
+    A: Algorithm + 'static,
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    let admitted = std::sync::Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..64usize {
+        let mut con = conns[t % conns.len()].clone();
+        let limiter = limiter.clone();
+        let subject = subject.to_owned();
+        let admitted = admitted.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in (t..2000).step_by(64) {
+                if limiter.check(&mut con, &subject, 1).await.unwrap().allowed {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    admitted.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_is_admitted_under_concurrency() {
+    let server = Server::start();
+    let client = server.client();
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(client.get_multiplexed_async_connection().await.unwrap());
+    }
+    let sw = storm(&window(100, HOUR), conns.clone(), "hot").await;
+    // GCRA with the equivalent burst: 100 at once, refilling one per 36 s.
+    let g = storm(&gcra(100, HOUR), conns.clone(), "hot").await;
+    eprintln!("standalone: sliding window admitted {sw} of 2000, GCRA admitted {g} of 2000 (limit 100)");
+    assert_eq!((sw, g), (100, 100));
+    assert!(server.info_field("clients", "connected_clients").unwrap().parse::<u32>().unwrap() >= 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_limit_is_admitted_under_concurrency_on_a_cluster() {
+    let cluster = shared_cluster();
+    let client = cluster.client();
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(client.get_async_connection().await.unwrap());
+    }
+    let subject = unique("hot");
+    let sw = storm(&window(100, HOUR), conns.clone(), &subject).await;
+    let g = storm(&gcra(100, HOUR), conns, &subject).await;
+    eprintln!("cluster: sliding window admitted {sw} of 2000, GCRA admitted {g} of 2000 (limit 100)");
+    assert_eq!((sw, g), (100, 100));
+}
+
+/// Hammers every 10 ms for `for_`; returns the number admitted.
+async fn hammer<A: Algorithm>(
+    limiter: &RateLimiter<A>,
+    con: &mut redis::aio::MultiplexedConnection,
+    subject: &str,
+    request: Request,
+    for_: Duration,
+) -> u32 {
+    let start = Instant::now();
+    let mut admitted = 0;
+    while start.elapsed() < for_ {
+        if limiter.check(con, subject, request).await.unwrap().allowed {
+            admitted += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn a_retry_storm_does_not_extend_the_lockout_unless_in_penalty_mode() {
+    let server = Server::start();
+    let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
+    let w = Duration::from_millis(300);
+    let sw = window(5, w);
+    let g = RateLimiter::new(unique("g"), Gcra::new(5, w).unwrap()).unwrap();
+
+    // Refused attempts are not recorded: the window slides and admits again while hammering.
+    let plain_sw = hammer(&sw, &mut con, "plain", Request::cost(1), Duration::from_millis(1000)).await;
+    let plain_g = hammer(&g, &mut con, "plain", Request::cost(1), Duration::from_millis(1000)).await;
+    assert!(plain_sw >= 10, "sliding window must admit again after the window passed: {plain_sw}");
+    assert!(plain_g >= 10, "GCRA must admit again after refilling: {plain_g}");
+
+    // Penalty: every refused attempt counts, so a client that never pauses stays out; once it
+    // pauses for the retry-after it was given, it is admitted again.
+    let pen_sw = hammer(&sw, &mut con, "pen", Request::cost(1).penalty(), Duration::from_millis(1000)).await;
+    let d = sw.check(&mut con, "pen", Request::cost(1).penalty()).await.unwrap();
+    assert!(!d.allowed && d.retry_after > Duration::from_millis(200), "still locked out: {d:?}");
+    tokio::time::sleep(d.retry_after).await;
+    assert!(sw.check(&mut con, "pen", 1).await.unwrap().allowed, "admitted after retry_after");
+
+    let pen_g = hammer(&g, &mut con, "pen", Request::cost(1).penalty(), Duration::from_millis(1000)).await;
+    let d = g.check(&mut con, "pen", Request::cost(1).penalty()).await.unwrap();
+    assert!(!d.allowed, "still locked out: {d:?}");
+    tokio::time::sleep(d.retry_after).await;
+    assert!(g.check(&mut con, "pen", 1).await.unwrap().allowed, "admitted after retry_after");
+
+    eprintln!(
+        "1 s of hammering at 5/300ms: admitted sliding {plain_sw} (penalty {pen_sw}), gcra {plain_g} (penalty {pen_g})"
+    );
+    assert_eq!(pen_sw, 5, "penalty: only the first burst while hammering");
+    assert!(pen_g <= 7, "penalty: GCRA refills only within the first burst: {pen_g}");
+}
+
+#[test]
+fn requests_in_one_pipeline_are_all_counted() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = window(100, HOUR);
+    // 50 calls in one pipeline reach the server back to back, many within one microsecond.
+    let batch: Batch<_> = (0..50).map(|_| sw.check_call("burst", 1).unwrap()).collect();
+    let out = batch.query(&mut con).unwrap();
+    let remaining: Vec<u64> = out.iter().map(|d| d.as_ref().unwrap().limits[0].remaining).collect();
+    assert_eq!(remaining, (50..100).rev().collect::<Vec<_>>(), "each call saw all earlier ones");
+    let card: i64 = server.cmd(&["ZCARD", &sw.key("burst").unwrap()]);
+    assert_eq!(card, 50, "one log entry per request: none collapsed");
+    assert_eq!(sw.check_blocking(&mut con, "burst", 1).unwrap().remaining, 49);
+}
+
+#[tokio::test]
+async fn weighted_costs() {
+    let server = Server::start();
+    let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
+    let sw = window(10, HOUR);
+    let g = gcra(10, HOUR);
+    for (name, results) in [
+        (
+            "sliding",
+            [
+                sw.check(&mut con, "w", 4).await,
+                sw.check(&mut con, "w", 4).await,
+                sw.check(&mut con, "w", 3).await,
+                sw.check(&mut con, "w", 2).await,
+            ],
+        ),
+        (
+            "gcra",
+            [
+                g.check(&mut con, "w", 4).await,
+                g.check(&mut con, "w", 4).await,
+                g.check(&mut con, "w", 3).await,
+                g.check(&mut con, "w", 2).await,
+            ],
+        ),
+    ] {
+        let r: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            r.iter().map(|d| (d.allowed, d.remaining)).collect::<Vec<_>>(),
+            [(true, 6), (true, 2), (false, 2), (true, 0)],
+            "{name}"
+        );
+        assert!(
+            r[2].retry_after > Duration::ZERO && r[2].retry_after <= HOUR,
+            "{name}: {:?}",
+            r[2].retry_after
+        );
+        assert_eq!(r[0].limit, 10);
+    }
+}
+
+#[test]
+fn a_cost_that_can_never_fit_is_its_own_answer() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = window(10, HOUR);
+    let before = server.calls("evalsha");
+    let err = sw.check_blocking(&mut con, "big", 11).unwrap_err();
+    assert!(matches!(err, Error::InsufficientCapacity { cost: 11, capacity: 10 }), "{err:?}");
+    let err = gcra(10, HOUR).check_blocking(&mut con, "big", 11).unwrap_err();
+    assert!(matches!(err, Error::InsufficientCapacity { cost: 11, capacity: 10 }), "{err:?}");
+    assert_eq!(server.calls("evalsha"), before, "refused before sending");
+
+    // Sent raw (as another language would), the script answers retry_after -1 and writes nothing.
+    let s = script::get("ratelimit.sliding_window").unwrap();
+    let v = s.invoke().key("rl:{raw}:x").arg(11).arg(2).arg(10).arg(60_000).query(&mut con).unwrap();
+    assert_eq!(v, Value::Array([0, 1, -1, 10, 10, -1, 0].map(Value::Int).to_vec()));
+    let exists: i64 = server.cmd(&["EXISTS", "rl:{raw}:x"]);
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test]
+async fn peek_does_not_consume_and_reset_clears() {
+    let server = Server::start();
+    let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
+    let sw = window(3, HOUR);
+    let g = gcra(3, HOUR);
+    for _ in 0..5 {
+        let p = sw.peek(&mut con, "p", 1).await.unwrap();
+        assert!(p.allowed && p.remaining == 2, "a peek reports the state after a would-be call: {p:?}");
+        assert!(g.peek(&mut con, "p", 1).await.unwrap().allowed);
+    }
+    let exists: i64 = server.cmd(&["EXISTS", &sw.key("p").unwrap(), &g.key("p").unwrap()]);
+    assert_eq!(exists, 0, "a peek writes nothing");
+    assert!(server.calls("evalsha_ro") >= 10, "peeks run read-only");
+
+    for _ in 0..3 {
+        assert!(sw.check(&mut con, "p", 1).await.unwrap().allowed);
+        assert!(g.check(&mut con, "p", 1).await.unwrap().allowed);
+    }
+    assert!(!sw.peek(&mut con, "p", 1).await.unwrap().allowed);
+    assert!(!g.check(&mut con, "p", 1).await.unwrap().allowed);
+    sw.reset(&mut con, "p").await.unwrap();
+    g.reset_blocking(&mut server.conn(), "p").unwrap();
+    assert_eq!(sw.check(&mut con, "p", 1).await.unwrap().remaining, 2);
+    assert_eq!(g.check(&mut con, "p", 1).await.unwrap().remaining, 2);
+}
+
+async fn multi_limit_consumes_nothing_when_one_refuses<C>(mut con: C)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let per_user = window(10, HOUR);
+    let per_tenant = window(3, HOUR);
+    let scope = unique("tenant");
+    let m = MultiLimit::new(scope.as_str())
+        .unwrap()
+        .with(&per_user, "u1")
+        .unwrap()
+        .with(&per_tenant, "")
+        .unwrap();
+    for i in 0..3 {
+        let d = m.check(&mut con, 1).await.unwrap();
+        assert!(d.allowed && d.refused_by.is_none(), "call {i}: {d:?}");
+    }
+    let d = m.check(&mut con, 1).await.unwrap();
+    assert!(!d.allowed);
+    assert_eq!(d.refused_by, Some(1), "the tenant limit refused");
+    assert!(d.retry_after > Duration::ZERO);
+    assert_eq!(d.limits[0].remaining, 7, "the user limit was not consumed by the refused call");
+    assert!(d.limits[0].allowed && !d.limits[1].allowed);
+    // A peek of the user limit alone confirms it still has 7.
+    let user_only = MultiLimit::new(scope.as_str()).unwrap().with(&per_user, "u1").unwrap();
+    assert_eq!(user_only.peek(&mut con, 1).await.unwrap().limits[0].remaining, 6);
+
+    let g1 = gcra(10, HOUR);
+    let g2 = gcra(2, HOUR);
+    let mg = MultiLimit::new(scope.as_str()).unwrap().with(&g1, "u1").unwrap().with(&g2, "").unwrap();
+    assert!(mg.check(&mut con, 2).await.unwrap().allowed);
+    let d = mg.check(&mut con, 1).await.unwrap();
+    assert_eq!((d.allowed, d.refused_by, d.limits[0].remaining), (false, Some(1), 8));
+    mg.reset(&mut con).await.unwrap();
+    assert!(mg.check(&mut con, 2).await.unwrap().allowed);
+}
+
+#[tokio::test]
+async fn several_limits_are_all_or_nothing() {
+    let server = Server::start();
+    multi_limit_consumes_nothing_when_one_refuses(
+        server.client().get_multiplexed_async_connection().await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn several_limits_are_all_or_nothing_on_a_cluster() {
+    let con = shared_cluster().client().get_async_connection().await.unwrap();
+    multi_limit_consumes_nothing_when_one_refuses(con).await;
+}
+
+#[test]
+fn bad_input_sent_raw_gets_an_error_naming_the_argument() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = script::get("ratelimit.sliding_window").unwrap();
+    let g = script::get("ratelimit.gcra").unwrap();
+    let cases: Vec<(&script::Script, Vec<&str>, &str)> = vec![
+        (sw, vec!["1", "0", "0", "1000"], "limit[1]"),
+        (sw, vec!["1", "0", "10", "-5"], "window_ms[1]"),
+        (sw, vec!["abc", "0", "10", "1000"], "cost"),
+        (sw, vec!["inf", "0", "10", "1000"], "cost"),
+        (sw, vec!["1", "0", "10"], "argc"),
+        (sw, vec!["1", "9", "10", "1000"], "flags"),
+        (g, vec!["1", "0", "0", "1000", "5"], "rate[1]"),
+        (g, vec!["1", "0", "5", "1e3", "5"], "period_ms[1]"),
+        (g, vec!["1", "0", "5", "1000"], "argc"),
+    ];
+    for (s, args, names) in cases {
+        let mut inv = s.invoke().key("rl:{bad}:x");
+        for a in &args {
+            inv = inv.arg(*a);
+        }
+        match inv.query(&mut con) {
+            Err(Error::Script { code, message, .. }) => {
+                assert_eq!(code, "BADARG");
+                assert!(message.starts_with(names), "{} {args:?}: {message}", s.name());
+            }
+            other => panic!("{} {args:?}: expected BADARG, got {other:?}", s.name()),
+        }
+    }
+}
+
+#[test]
+fn a_key_of_another_type_is_a_typed_error() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = window(10, HOUR);
+    let g = gcra(10, HOUR);
+    let _: () = server.cmd(&["SET", &sw.key("t").unwrap(), "x"]);
+    let _: i64 = server.cmd(&["LPUSH", &g.key("t").unwrap(), "x"]);
+    assert!(matches!(sw.check_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
+    assert!(matches!(g.check_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
+    assert!(matches!(sw.peek_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
+}
+
+#[test]
+fn bad_parameters_are_refused_before_sending() {
+    assert!(matches!(SlidingWindow::new(0, HOUR), Err(Error::InvalidArgument { name: "limit", .. })));
+    assert!(matches!(
+        SlidingWindow::new(5, Duration::from_micros(1500)),
+        Err(Error::InvalidArgument { name: "window", .. })
+    ));
+    assert!(matches!(Gcra::new(5, Duration::ZERO), Err(Error::InvalidArgument { name: "period", .. })));
+    assert!(matches!(
+        Gcra::new(5, HOUR).unwrap().with_burst(0),
+        Err(Error::InvalidArgument { name: "burst", .. })
+    ));
+    let sw = window(5, HOUR);
+    assert!(matches!(sw.check_call("", 1), Err(Error::InvalidArgument { name: "subject", .. })));
+    assert!(matches!(sw.check_call("}x", 1), Err(Error::InvalidArgument { name: "subject", .. })));
+    assert!(matches!(sw.check_call("a", 0), Err(Error::InvalidArgument { name: "cost", .. })));
+    assert!(matches!(
+        RateLimiter::new("", SlidingWindow::new(1, HOUR).unwrap()),
+        Err(Error::InvalidArgument { name: "name", .. })
+    ));
+    assert!(matches!(
+        MultiLimit::<SlidingWindow>::new(""),
+        Err(Error::InvalidArgument { name: "scope", .. })
+    ));
+}
+
+#[tokio::test]
+async fn wait_sleeps_until_admitted_or_gives_up_at_the_deadline() {
+    let server = Server::start();
+    let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
+    let sw = window(2, Duration::from_millis(300));
+    for _ in 0..2 {
+        assert!(sw.check(&mut con, "w", 1).await.unwrap().allowed);
+    }
+    let start = Instant::now();
+    let d = sw.wait(&mut con, "w", 1, Duration::from_millis(50)).await.unwrap();
+    assert!(
+        !d.allowed && start.elapsed() < Duration::from_millis(100),
+        "gives up at once: {:?}",
+        start.elapsed()
+    );
+    let d = sw.wait(&mut con, "w", 1, Duration::from_secs(2)).await.unwrap();
+    let waited = start.elapsed();
+    assert!(d.allowed, "{d:?}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(1000), "{waited:?}");
+
+    let g = gcra(1, Duration::from_millis(200));
+    let mut blocking = server.conn();
+    assert!(g.check_blocking(&mut blocking, "w", 1).unwrap().allowed);
+    let start = Instant::now();
+    assert!(g.wait_blocking(&mut blocking, "w", 1, Duration::from_secs(2)).unwrap().allowed);
+    assert!(start.elapsed() >= Duration::from_millis(150), "{:?}", start.elapsed());
+}
+
+#[test]
+fn memory_per_subject_at_limit_100() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = window(100, HOUR);
+    let g = gcra(100, HOUR);
+    for _ in 0..100 {
+        assert!(sw.check_blocking(&mut con, "m", 1).unwrap().allowed);
+        assert!(g.check_blocking(&mut con, "m", 1).unwrap().allowed);
+    }
+    let sw_bytes: i64 = server.cmd(&["MEMORY", "USAGE", &sw.key("m").unwrap(), "SAMPLES", "0"]);
+    let g_bytes: i64 = server.cmd(&["MEMORY", "USAGE", &g.key("m").unwrap(), "SAMPLES", "0"]);
+    eprintln!("MEMORY USAGE per subject at limit 100: sliding window {sw_bytes} bytes, GCRA {g_bytes} bytes");
+    assert!(g_bytes < 200, "GCRA keeps one small key: {g_bytes}");
+    assert!(sw_bytes < 100 * 200, "the log holds at most 100 entries: {sw_bytes}");
+}
