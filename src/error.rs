@@ -78,6 +78,14 @@ pub enum Error {
         capacity: u64,
     },
 
+    /// The caller's own computation (e.g. a cache fill) failed; nothing was cached.
+    #[error("compute failed: {0}")]
+    Compute(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// Waiting (for a lease, a lock, a permit) took longer than the caller allowed.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
     /// No script of that name is in the bundle, or the bundle itself is malformed.
     #[error("script bundle: {0}")]
     Bundle(String),

@@ -16,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod cache;
 mod error;
 pub mod ratelimit;
 pub mod script;

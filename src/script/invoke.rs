@@ -186,6 +186,18 @@ pub trait ScriptCall {
     }
 }
 
+/// A raw invocation is a call too: its output is the reply as it came, so raw calls of any
+/// scripts can share a [`Batch`].
+impl ScriptCall for Invocation<'static> {
+    type Output = Value;
+    fn invocation(&self) -> Result<Invocation<'static>> {
+        Ok(self.clone())
+    }
+    fn parse(&self, reply: Reply) -> Result<Value> {
+        Ok(reply.into_value())
+    }
+}
+
 /// Many calls in one pipeline: one round trip for all of them. Entries that met NOSCRIPT are
 /// loaded and re-sent (only those; the others ran once and are not repeated), which redis-rs's
 /// own `invoke_script` in a pipeline does not do.
