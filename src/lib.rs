@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod doctor;
 mod error;
 pub mod ratelimit;
 pub mod script;

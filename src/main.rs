@@ -22,6 +22,15 @@ enum Command {
     /// The embedded Lua scripts.
     #[command(subcommand)]
     Scripts(ScriptsCmd),
+    /// Check a Redis deployment before trusting it with coordination data (exit 1 on a failure).
+    Doctor {
+        /// Server URL (a cluster is detected, and every node checked).
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        url: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scripts(cmd) => scripts(cmd),
+        Command::Doctor { url, json } => doctor(&url, json),
     };
     match result {
         Ok(code) => code,
@@ -138,6 +148,16 @@ fn scripts(cmd: ScriptsCmd) -> CliResult {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn doctor(url: &str, json: bool) -> CliResult {
+    let report = redis_primitives::doctor::diagnose(url)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn load(url: &str) -> CliResult {

@@ -12,7 +12,7 @@
 //! assert_eq!(release.sha1().len(), 40);
 //! ```
 
-mod contract;
+pub(crate) mod contract;
 mod invoke;
 mod load;
 mod manifest;
