@@ -97,6 +97,17 @@ impl Error {
         matches!(self, Error::Connection(_))
     }
 
+    /// True when Redis refused by ACL: the command itself (NOPERM), or a command a script called
+    /// (Redis 7 reports that as "The user executing the script can't run this command").
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            Error::Redis(e) => {
+                e.code() == Some("NOPERM") || e.detail().is_some_and(|d| d.contains("can't run this command"))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { name, reason: reason.into() }
     }

@@ -16,6 +16,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod cache;
 pub mod doctor;
 mod error;

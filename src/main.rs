@@ -22,6 +22,15 @@ enum Command {
     /// The embedded Lua scripts.
     #[command(subcommand)]
     Scripts(ScriptsCmd),
+    /// Print the least-privilege ACL a service needs to run every primitive.
+    Acl {
+        /// The user name in the printed ACL SETUSER line.
+        #[arg(long, default_value = "redis-primitives")]
+        user: String,
+        /// Print only the rule (keys and commands), for scripting.
+        #[arg(long)]
+        rule_only: bool,
+    },
     /// Check a Redis deployment before trusting it with coordination data (exit 1 on a failure).
     Doctor {
         /// Server URL (a cluster is detected, and every node checked).
@@ -69,6 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scripts(cmd) => scripts(cmd),
         Command::Doctor { url, json } => doctor(&url, json),
+        Command::Acl { user, rule_only } => acl(&user, rule_only),
     };
     match result {
         Ok(code) => code,
@@ -146,6 +156,20 @@ fn scripts(cmd: ScriptsCmd) -> CliResult {
             std::fs::write(dir.join("manifest.json"), Manifest::of(bundle).to_json())?;
             println!("exported {} scripts and manifest.json to {}", bundle.len(), dir.display());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn acl(user: &str, rule_only: bool) -> CliResult {
+    let rule = redis_primitives::acl::rule()?;
+    if rule_only {
+        println!("{}", rule.to_acl());
+    } else {
+        println!("# Least privilege for redis-primitives: the commands the Rust side sends and the scripts");
+        println!(
+            "# call (Redis checks a script's calls against the caller's ACL), on the scripts' key patterns."
+        );
+        println!("ACL SETUSER {user} on ><password> {}", rule.to_acl());
     }
     Ok(ExitCode::SUCCESS)
 }
