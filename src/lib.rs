@@ -20,6 +20,7 @@ pub mod acl;
 pub mod cache;
 pub mod doctor;
 mod error;
+pub mod lock;
 pub mod ratelimit;
 pub mod script;
 
