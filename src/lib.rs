@@ -4,7 +4,13 @@
 //! recovered transparently.
 //!
 //! Modules:
+//! - [`ratelimit`]: exact sliding window, GCRA, several limits in one all-or-nothing call.
+//! - [`lock`]: locks with fencing tokens and fenced writes, leased semaphores, a watchdog.
+//! - [`cache`]: versioned cache with one-round-trip reads, O(1) segment invalidation and
+//!   single-flight fills.
+//! - [`stream`]: producers and consumer-group workers with acks, reclaim and dead-lettering.
 //! - [`script`]: the embedded bundle, contracts, manifest, preloading and invocation.
+//! - [`doctor`], [`acl`]: operational checks and the least-privilege ACL.
 //! - [`Error`]: the one error type.
 //!
 //! ```no_run
@@ -23,5 +29,6 @@ mod error;
 pub mod lock;
 pub mod ratelimit;
 pub mod script;
+pub mod stream;
 
 pub use error::{Error, Result};
