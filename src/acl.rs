@@ -95,9 +95,23 @@ fn script_commands(source: &str) -> Vec<String> {
             };
             let rest = rest.trim_start();
             let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else { continue };
-            if let Some(end) = rest[1..].find(quote) {
-                out.push(rest[1..1 + end].to_lowercase());
-            }
+            let Some(end) = rest[1..].find(quote) else { continue };
+            let command = rest[1..1 + end].to_lowercase();
+            // Container commands are granted per subcommand: `xgroup|delconsumer`.
+            let sub = if ["xgroup", "xinfo", "object"].contains(&command.as_str()) {
+                let after = rest[end + 2..].trim_start().trim_start_matches(',').trim_start();
+                after
+                    .chars()
+                    .next()
+                    .filter(|c| *c == '\'' || *c == '"')
+                    .and_then(|q| after[1..].find(q).map(|e| after[1..1 + e].to_lowercase()))
+            } else {
+                None
+            };
+            out.push(match sub {
+                Some(sub) => format!("{command}|{sub}"),
+                None => command,
+            });
         }
     }
     out
@@ -110,8 +124,9 @@ mod tests {
     #[test]
     fn reads_the_commands_a_script_calls() {
         let src = "local x = redis.call('GET', KEYS[1]) -- redis.call('FLUSHALL')\n\
-                   local y = redis.pcall(\"ZADD\", KEYS[1], 1, 'a')\n";
-        assert_eq!(script_commands(src), ["get", "zadd"]);
+                   local y = redis.pcall(\"ZADD\", KEYS[1], 1, 'a')\n\
+                   redis.call('XGROUP', 'DELCONSUMER', KEYS[1], g, c)\n";
+        assert_eq!(script_commands(src), ["get", "zadd", "xgroup|delconsumer"]);
     }
 
     #[test]

@@ -187,3 +187,49 @@ pub enum Retirement {
         pending: u64,
     },
 }
+
+/// One call of the `stream.retire_consumer` script: the pending check and `XGROUP DELCONSUMER`
+/// in one atomic step, so a consumer that still owns entries is never deleted.
+///
+/// ```
+/// use redis_primitives::stream::{RetireCall, Stream};
+/// let s = Stream::new("orders").unwrap();
+/// assert!(RetireCall::new(&s, "billing", "billing-1").is_ok());
+/// assert!(RetireCall::new(&s, "", "billing-1").is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RetireCall {
+    key: String,
+    group: String,
+    consumer: String,
+}
+
+impl RetireCall {
+    /// Retires `consumer` of `group` on `stream`.
+    pub fn new(stream: &Stream, group: &str, consumer: &str) -> Result<RetireCall> {
+        check_name("group", group)?;
+        check_name("consumer", consumer)?;
+        Ok(RetireCall {
+            key: stream.key().to_owned(),
+            group: group.to_owned(),
+            consumer: consumer.to_owned(),
+        })
+    }
+}
+
+impl ScriptCall for RetireCall {
+    type Output = Retirement;
+
+    fn invocation(&self) -> Result<Invocation<'static>> {
+        Ok(script::get("stream.retire_consumer")?
+            .invoke()
+            .key(&self.key)
+            .arg(&self.group)
+            .arg(&self.consumer))
+    }
+
+    fn parse(&self, reply: Reply) -> Result<Retirement> {
+        let v = reply.ints(2)?;
+        Ok(if v[0] == 1 { Retirement::Retired } else { Retirement::Kept { pending: v[1].max(0) as u64 } })
+    }
+}

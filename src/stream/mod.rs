@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use redis::{Cmd, Value};
 
-pub use dead::{DeadLetter, DeadLetterCall, DeadLettered, Retirement};
+pub use dead::{DeadLetter, DeadLetterCall, DeadLettered, RetireCall, Retirement};
 pub use fields::{Fields, StreamMessage};
 pub use producer::Producer;
 pub use worker::{Connector, Delivery, Handler, Report, Shutdown, Worker, WorkerOptions, consumer_name};
@@ -345,37 +345,16 @@ impl Stream {
     /// and says how many it owns (a bare `XGROUP DELCONSUMER` would discard them). Let another
     /// worker reclaim them, or wait for them to be acked, then retire again.
     ///
-    /// Retire only a consumer that is stopped: a stopped consumer's pending list can only
-    /// shrink, so the check and the delete cannot be overtaken (WATCH does not see XREADGROUP,
-    /// so a transaction would not help). If the consumer was still reading and lost entries
-    /// between check and delete, the call says so with an error. A [`Worker`] retires its own consumer
-    /// safely on shutdown with [`WorkerOptions::retire_on_shutdown`].
+    /// The check and the delete are one script call (`stream.retire_consumer`), so entries a
+    /// consumer still reading under that name picks up meanwhile are never discarded. A
+    /// [`Worker`] retires its own consumer on shutdown with
+    /// [`WorkerOptions::retire_on_shutdown`].
     pub async fn retire_consumer<C>(&self, con: &mut C, group: &str, consumer: &str) -> Result<Retirement>
     where
         C: redis::aio::ConnectionLike + Send,
     {
         check_name("consumer", consumer)?;
-        let pending = self.pending(con, group).await?.of(consumer);
-        if pending > 0 {
-            return Ok(Retirement::Kept { pending });
-        }
-        let dropped: u64 = redis::cmd("XGROUP")
-            .arg("DELCONSUMER")
-            .arg(&self.key)
-            .arg(group)
-            .arg(consumer)
-            .query_async(con)
-            .await?;
-        if dropped > 0 {
-            return Err(Error::unexpected(
-                "XGROUP DELCONSUMER",
-                format!(
-                    "consumer `{consumer}` was still reading: {dropped} entries it read meanwhile left the \
-                     pending list (retire only stopped consumers)"
-                ),
-            ));
-        }
-        Ok(Retirement::Retired)
+        RetireCall::new(self, group, consumer)?.query_async(con).await
     }
 }
 
