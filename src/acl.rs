@@ -31,7 +31,9 @@ const CLIENT_COMMANDS: &[&str] = &[
     "readonly",
 ];
 
-/// Commands the stream worker sends (native commands, not scripts).
+/// Commands the stream producer and worker send (native commands, not scripts). `CLIENT ID`
+/// lets a worker interrupt its own blocked read at shutdown with `CLIENT UNBLOCK`; that one is
+/// left out (it can unblock any client): without it, shutdown waits out the block time.
 const STREAM_COMMANDS: &[&str] = &[
     "xadd",
     "xreadgroup",
@@ -40,11 +42,10 @@ const STREAM_COMMANDS: &[&str] = &[
     "xpending",
     "xtrim",
     "xgroup|create",
-    "xgroup|createconsumer",
-    "xinfo|groups",
-    "xinfo|consumers",
     "xrange",
+    "xrevrange",
     "xlen",
+    "client|id",
 ];
 
 /// A set of permissions.

@@ -9,6 +9,9 @@ use common::{Server, unique};
 use redis_primitives::cache::{Cache, Entry};
 use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow};
 use redis_primitives::script;
+use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The rule exactly as `redis-primitives acl --rule-only` prints it.
 fn printed_rule() -> String {
@@ -85,6 +88,43 @@ async fn every_primitive_works_as_a_user_restricted_to_the_printed_rule() {
     assert_eq!(cache.get(&mut con, "k").await.unwrap().entry, Entry::Hit(b"v".to_vec()));
     cache.invalidate(&mut con).await.unwrap();
     cache.delete(&mut con, "k").await.unwrap();
+
+    // Streams: produce, consume with a worker (one poison message dead-lettered), retire.
+    let stream = Stream::new(unique("s")).unwrap();
+    let producer = Producer::new(stream.clone(), Retention::MaxLen(1000)).unwrap();
+    for i in 0..10 {
+        producer.add(&mut con, [("n", i.to_string())]).await.unwrap();
+    }
+    let opts =
+        WorkerOptions::default().block(Duration::from_millis(300)).max_deliveries(1).retire_on_shutdown(true);
+    let worker = Worker::new(client.clone(), stream.clone(), "g", "w1", opts).unwrap();
+    let shutdown = Shutdown::new();
+    let stop = shutdown.clone();
+    let done = Arc::new(AtomicU64::new(0));
+    let seen = done.clone();
+    let run = tokio::spawn(async move {
+        worker
+            .run(
+                move |d: Delivery| {
+                    let seen = seen.clone();
+                    async move {
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if d.fields.get_str("n") == Some("3") { Err("poison".to_owned()) } else { Ok(()) }
+                    }
+                },
+                stop.wait(),
+            )
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stream.dead_len(&mut con).await.unwrap() < 1 || done.load(Ordering::SeqCst) < 10 {
+        assert!(std::time::Instant::now() < deadline, "the worker did not finish as the restricted user");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.trigger();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!((report.acked, report.dead_lettered, report.errors), (9, 1, 0), "{report:?}");
+    assert!(report.retired, "{report:?}");
 }
 
 #[tokio::test]
