@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod tour;
 use redis_primitives::script::{self, Manifest};
 
 #[derive(Parser)]
@@ -19,6 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run each primitive visibly: a rate limit, a fenced lock, a versioned cache, a stream.
+    /// Uses REDIS_URL; starts a throwaway redis-server when nothing answers there.
+    Tour {
+        /// Server URL.
+        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+        url: String,
+    },
     /// The embedded Lua scripts.
     #[command(subcommand)]
     Scripts(ScriptsCmd),
@@ -76,6 +85,7 @@ enum ScriptsCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Tour { url } => tour::run(&url).map(|()| ExitCode::SUCCESS),
         Command::Scripts(cmd) => scripts(cmd),
         Command::Doctor { url, json } => doctor(&url, json),
         Command::Acl { user, rule_only } => acl(&user, rule_only),

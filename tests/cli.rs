@@ -118,3 +118,40 @@ fn load_against_nothing_fails_clearly() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("error:"));
 }
+
+fn tour(url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_redis-primitives")).arg("tour").env("REDIS_URL", url).output().unwrap()
+}
+
+#[test]
+fn tour_starts_a_throwaway_server_when_nothing_answers_and_stops_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = tour(&format!("redis://127.0.0.1:{port}/"));
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for needle in [
+        "started a throwaway redis-server",
+        "request 4: refused, retry after",
+        "refused, token 2 already wrote",
+        "computed 1 time(s)",
+        "writes back: Stale",
+        "1 dead-lettered",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let throwaway = out.split("redis-server at ").nth(1).and_then(|s| s.split_whitespace().next()).unwrap();
+    let gone = redis::Client::open(throwaway)
+        .unwrap()
+        .get_connection_with_timeout(std::time::Duration::from_millis(300));
+    assert!(gone.is_err(), "the throwaway server was stopped at exit");
+}
+
+#[test]
+fn tour_against_a_given_server_leaves_no_keys_behind() {
+    let server = Server::start();
+    let o = tour(&server.url());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout(&o).contains(&format!("tour against {}", server.url())));
+    let keys: i64 = server.cmd(&["DBSIZE"]);
+    assert_eq!(keys, 0, "every key the tour wrote was removed");
+}
