@@ -16,6 +16,7 @@ use redis_primitives::cache::Cache;
 use redis_primitives::lock::{Acquire, Lock, Semaphore};
 use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow};
 use redis_primitives::script::{self, Batch, ScriptCall};
+use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
 
 pub type BoxFut = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One operation: (connection, task index, op index within the task).
@@ -374,7 +375,117 @@ pub fn cases() -> Vec<Case> {
         round_trips: 1,
     });
 
+    let producer =
+        Arc::new(Producer::new(Stream::new("bench-produce").unwrap(), Retention::MaxLen(100_000)).unwrap());
+    cases.push(Case {
+        name: "stream produce",
+        ours: op({
+            let producer = producer.clone();
+            move |mut c, t, i| {
+                let producer = producer.clone();
+                async move {
+                    producer.add(&mut c, [("task", t.to_string()), ("n", i.to_string())]).await.unwrap();
+                }
+            }
+        }),
+        raw: op(|mut c, t, i| async move {
+            let _: String = redis::cmd("XADD")
+                .arg("stream:{bench-produce}")
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(100_000)
+                .arg("*")
+                .arg("task")
+                .arg(t.to_string())
+                .arg("n")
+                .arg(i.to_string())
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }),
+        baseline: None,
+        round_trips: 1,
+    });
+
     cases
+}
+
+/// Messages consumed and acked per second: our worker (handler concurrency 1 and 64) against a
+/// raw loop of XREADGROUP COUNT 64 + XACK, over `n` messages produced beforehand.
+pub async fn stream_consume(
+    client: &redis::Client,
+    con: &mut MultiplexedConnection,
+    n: usize,
+) -> Vec<(usize, f64, f64)> {
+    let mut out = Vec::new();
+    for concurrency in [1usize, 64] {
+        // Ours.
+        let stream = Stream::new(format!("bench-consume-{concurrency}-{}", now_ms())).unwrap();
+        let producer = Producer::new(stream.clone(), Retention::MaxLen(1_000_000)).unwrap();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+            producer.add_many(con, chunk.iter().map(|i| [("n", i.to_string())])).await.unwrap();
+        }
+        let opts =
+            WorkerOptions::default().block(Duration::from_millis(200)).concurrency(concurrency).batch(64);
+        let worker = Worker::new(client.clone(), stream.clone(), "g", "w", opts).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = Shutdown::new();
+        let (d, stop) = (done.clone(), shutdown.clone());
+        let start = Instant::now();
+        let run = tokio::spawn(async move {
+            worker
+                .run(
+                    move |_m: Delivery| {
+                        d.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        async { Ok::<(), String>(()) }
+                    },
+                    stop.wait(),
+                )
+                .await
+        });
+        while stream.pending(con, "g").await.map(|p| p.total).unwrap_or(1) > 0
+            || done.load(std::sync::atomic::Ordering::Relaxed) < n
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ours = n as f64 / start.elapsed().as_secs_f64();
+        shutdown.trigger();
+        run.await.unwrap().unwrap();
+
+        // Raw: read a batch, ack it, until the stream is drained.
+        let key = format!("stream:{{bench-raw-{concurrency}-{}}}", now_ms());
+        let mut p = redis::pipe();
+        for i in 0..n {
+            p.cmd("XADD").arg(&key).arg("*").arg("n").arg(i.to_string()).ignore();
+        }
+        let _: () = p.query_async(con).await.unwrap();
+        let _: () =
+            redis::cmd("XGROUP").arg("CREATE").arg(&key).arg("g").arg("0").query_async(con).await.unwrap();
+        let start = Instant::now();
+        let mut consumed = 0;
+        while consumed < n {
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("g")
+                .arg("raw")
+                .arg("COUNT")
+                .arg(64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(">")
+                .query_async(con)
+                .await
+                .unwrap();
+            let ids: Vec<String> =
+                reply.keys.iter().flat_map(|k| k.ids.iter().map(|e| e.id.clone())).collect();
+            consumed += ids.len();
+            let _: i64 = redis::cmd("XACK").arg(&key).arg("g").arg(&ids).query_async(con).await.unwrap();
+        }
+        let raw = n as f64 / start.elapsed().as_secs_f64();
+        let _: i64 = redis::cmd("DEL").arg(&key).arg(stream.key()).query_async(con).await.unwrap_or(0);
+        out.push((concurrency, ours, raw));
+    }
+    out
 }
 
 /// One connection per task for the lock baseline's WATCH.
@@ -429,8 +540,8 @@ pub async fn batch_vs_single(con: &mut MultiplexedConnection, rounds: usize) -> 
     (batched, single)
 }
 
-/// Server-side cost of one operation of `case` (INFO commandstats usec_per_call of EVALSHA and
-/// EVALSHA_RO), measured over `n` sequential calls.
+/// Server-side cost of one operation of `case` (INFO commandstats usec of EVALSHA, EVALSHA_RO
+/// and XADD), measured over `n` sequential calls.
 pub async fn server_usec_per_call(con: &mut MultiplexedConnection, case: &Case, n: usize) -> f64 {
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(con).await.unwrap();
     for i in 0..n {
@@ -439,7 +550,8 @@ pub async fn server_usec_per_call(con: &mut MultiplexedConnection, case: &Case, 
     let info: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.unwrap();
     let mut usec = 0f64;
     for line in info.lines() {
-        if line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_evalsha_ro:") {
+        // The commands the client sends; those a script runs inside are part of its EVALSHA time.
+        if ["cmdstat_evalsha:", "cmdstat_evalsha_ro:", "cmdstat_xadd:"].iter().any(|p| line.starts_with(p)) {
             let fields = line.split(':').nth(1).unwrap_or("");
             usec += fields.split(',').find_map(|p| p.strip_prefix("usec=")?.parse().ok()).unwrap_or(0.0);
         }
@@ -503,6 +615,8 @@ pub struct Report {
     pub batch: Vec<(f64, f64)>,
     pub server_cost: Vec<(&'static str, f64)>,
     pub memory: Vec<(&'static str, i64)>,
+    /// Per run: (handler concurrency, ours msgs/s, raw msgs/s).
+    pub consume: Vec<Vec<(usize, f64, f64)>>,
 }
 
 /// Runs every case against the server at `client`.
@@ -532,6 +646,7 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
         }
     }
     let mut batch = Vec::new();
+    let mut consume = Vec::new();
     for _ in 0..config.runs {
         let mut row = rows.iter_mut();
         for case in &cases {
@@ -547,6 +662,7 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
             }
         }
         batch.push(batch_vs_single(&mut con, (config.ops_c1 / 100).max(1)).await);
+        consume.push(stream_consume(client, &mut con, config.ops_c64).await);
     }
     let mut server_cost = Vec::new();
     for case in &cases {
@@ -554,7 +670,7 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
     }
     let memory = memory(&mut con).await;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    Report { redis_version, cores, config, rows, batch, server_cost, memory }
+    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume }
 }
 
 /// (median, min, max).
@@ -634,7 +750,25 @@ impl Report {
             fmt_spread(&single, 0),
             fmt_spread(&ratio, 1)
         ));
-        md.push_str("\n## Server-side cost\n\n`INFO commandstats` usec of EVALSHA and EVALSHA_RO per operation of our API (a lock or semaphore operation is two script calls):\n\n| primitive | µs per operation |\n|---|---|\n");
+        md.push_str(&format!(
+            "\n## Stream consume + ack\n\n{} messages produced beforehand, then drained: our `Worker` (its handler \
+             acks each success; reads of 64) against a raw loop of `XREADGROUP COUNT 64` + `XACK` on one \
+             connection.\n\n| worker concurrency | ours msgs/s | raw loop msgs/s | ours / raw |\n|---|---|---|---|\n",
+            self.config.ops_c64
+        ));
+        for (i, (conc, _, _)) in self.consume.first().map(|c| c.as_slice()).unwrap_or(&[]).iter().enumerate()
+        {
+            let ours: Vec<f64> = self.consume.iter().map(|r| r[i].1).collect();
+            let raw: Vec<f64> = self.consume.iter().map(|r| r[i].2).collect();
+            let ratio: Vec<f64> = self.consume.iter().map(|r| r[i].1 / r[i].2).collect();
+            md.push_str(&format!(
+                "| {conc} | {} | {} | {} |\n",
+                fmt_spread(&ours, 0),
+                fmt_spread(&raw, 0),
+                fmt_spread(&ratio, 2)
+            ));
+        }
+        md.push_str("\n## Server-side cost\n\n`INFO commandstats` usec of EVALSHA, EVALSHA_RO (and XADD) per operation of our API (a lock or semaphore operation is two script calls):\n\n| primitive | µs per operation |\n|---|---|\n");
         for (name, usec) in &self.server_cost {
             md.push_str(&format!("| {name} | {usec:.2} |\n"));
         }
