@@ -13,7 +13,7 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() {
     let config = suite::Config {
-        runs: arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(3),
+        runs: arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(5),
         ops_c1: arg("--ops-c1").and_then(|v| v.parse().ok()).unwrap_or(3_000),
         ops_c64: arg("--ops-c64").and_then(|v| v.parse().ok()).unwrap_or(20_000),
     };
