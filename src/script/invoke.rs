@@ -41,18 +41,52 @@ static EVALSHA_RO_SUPPORTED: AtomicBool = AtomicBool::new(true);
 #[derive(Debug, Clone)]
 pub struct Invocation<'s> {
     script: &'s Script,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: ArgBuf,
+    args: ArgBuf,
     read_only: bool,
+}
+
+/// Arguments packed in one buffer (an allocation per buffer, not per argument: this sits on
+/// every call's path).
+#[derive(Debug, Clone, Default)]
+struct ArgBuf {
+    data: Vec<u8>,
+    starts: Vec<usize>,
+}
+
+impl ArgBuf {
+    /// Room for a typical call, so building it does not reallocate.
+    fn with_capacity(count: usize, bytes: usize) -> Self {
+        ArgBuf { data: Vec::with_capacity(bytes), starts: Vec::with_capacity(count.max(1)) }
+    }
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let ends = self.starts.iter().skip(1).copied().chain(std::iter::once(self.data.len()));
+        self.starts.iter().zip(ends).map(|(&s, e)| &self.data[s..e])
+    }
+}
+
+impl redis::RedisWrite for ArgBuf {
+    fn write_arg(&mut self, arg: &[u8]) {
+        self.starts.push(self.data.len());
+        self.data.extend_from_slice(arg);
+    }
+    fn writer_for_next_arg(&mut self) -> impl std::io::Write + '_ {
+        self.starts.push(self.data.len());
+        &mut self.data
+    }
 }
 
 impl<'s> Invocation<'s> {
     pub(crate) fn new(script: &'s Script) -> Self {
+        let c = script.contract();
         Invocation {
             script,
-            keys: Vec::with_capacity(script.contract().keys.len()),
-            args: Vec::with_capacity(script.contract().args.len()),
-            read_only: script.contract().mode == Mode::Read,
+            keys: ArgBuf::with_capacity(c.keys.len(), 48),
+            args: ArgBuf::with_capacity(c.args.len(), 64),
+            read_only: c.mode == Mode::Read,
         }
     }
 
@@ -94,20 +128,24 @@ impl<'s> Invocation<'s> {
                 format!("{} takes {want} keys, got {}", c.name, self.keys.len()),
             ));
         }
-        if self.keys.iter().any(|k| k.is_empty()) {
+        if self.keys.iter().any(<[u8]>::is_empty) {
             return Err(Error::invalid("key", "keys must not be empty"));
         }
         Ok(())
     }
 
     fn evalsha(&self, read_only: bool) -> Cmd {
-        let mut cmd = redis::cmd(if read_only { "EVALSHA_RO" } else { "EVALSHA" });
-        cmd.arg(self.script.sha1()).arg(self.keys.len());
-        for k in &self.keys {
-            cmd.arg(k.as_slice());
+        // Sized up front: the command is built once per call and never grows.
+        let count = 3 + self.keys.len() + self.args.len();
+        let mut cmd = Cmd::with_capacity(count, 64 + self.keys.data.len() + self.args.data.len());
+        cmd.arg(if read_only { "EVALSHA_RO" } else { "EVALSHA" })
+            .arg(self.script.sha1())
+            .arg(self.keys.len());
+        for k in self.keys.iter() {
+            cmd.arg(k);
         }
-        for a in &self.args {
-            cmd.arg(a.as_slice());
+        for a in self.args.iter() {
+            cmd.arg(a);
         }
         cmd
     }

@@ -98,13 +98,14 @@ impl Script {
 /// All embedded scripts, by name.
 #[derive(Debug)]
 pub struct Bundle {
-    scripts: BTreeMap<String, Script>,
+    /// Sorted by name. A scan beats a map here: a few dozen short names, looked up on every call.
+    scripts: Vec<Script>,
 }
 
 impl Bundle {
     /// Looks a script up by `@name`.
     pub fn get(&self, name: &str) -> Option<&Script> {
-        self.scripts.get(name)
+        self.scripts.iter().find(|s| s.name().len() == name.len() && s.name() == name)
     }
 
     /// Like [`get`](Self::get), as an error when missing.
@@ -114,7 +115,7 @@ impl Bundle {
 
     /// Scripts sorted by name.
     pub fn iter(&self) -> impl Iterator<Item = &Script> {
-        self.scripts.values()
+        self.scripts.iter()
     }
 
     /// Number of scripts.
@@ -154,9 +155,12 @@ impl Bundle {
                     script.name()
                 )));
             }
+            if scripts.contains_key(script.name()) {
+                return Err(Error::Bundle(format!("two scripts are named {}", script.name())));
+            }
             scripts.insert(script.name().to_owned(), script);
         }
-        Ok(Bundle { scripts })
+        Ok(Bundle { scripts: scripts.into_values().collect() })
     }
 }
 

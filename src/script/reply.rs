@@ -18,14 +18,14 @@ use crate::{Error, Result};
 /// ```
 #[derive(Debug, Clone)]
 pub struct Reply {
-    script: String,
+    script: &'static str,
     value: Value,
 }
 
 impl Reply {
     /// Wraps a reply of the script `script`.
-    pub fn new(script: &str, value: Value) -> Self {
-        Reply { script: script.to_owned(), value }
+    pub fn new(script: &'static str, value: Value) -> Self {
+        Reply { script, value }
     }
 
     /// The raw value.
@@ -40,7 +40,7 @@ impl Reply {
 
     /// The error for a reply that is not what the contract says.
     pub fn unexpected(&self, expected: &str) -> Error {
-        Error::unexpected(&self.script, format!("expected {expected}, got {:?}", self.value))
+        Error::unexpected(self.script, format!("expected {expected}, got {:?}", self.value))
     }
 
     /// An integer reply.
