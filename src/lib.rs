@@ -32,3 +32,8 @@ pub mod script;
 pub mod stream;
 
 pub use error::{Error, Result};
+
+/// The README's examples compile as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
