@@ -94,7 +94,7 @@ async fn tour(url: &str) -> TourResult {
     let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim();
     let loaded = script::preload_async(&mut con).await?;
     println!("Redis {version}; preloaded {loaded} scripts with SCRIPT LOAD.\n");
-    let tag = format!("tour-{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos());
+    let tag = format!("tour-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let mut keys: Vec<String> = Vec::new();
 
     let result = async {
