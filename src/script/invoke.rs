@@ -240,8 +240,9 @@ impl ScriptCall for Invocation<'static> {
 /// loaded and re-sent (only those; the others ran once and are not repeated), which redis-rs's
 /// own `invoke_script` in a pipeline does not do.
 ///
-/// On a cluster, a pipeline goes to one node, so all entries of a batch must share a hash slot
-/// (give their keys the same hash tag); otherwise redis-rs refuses it with CROSSSLOT.
+/// On a cluster, a pipeline goes to one node: [`query_async`](Batch::query_async) needs all
+/// entries in one hash slot (the same hash tag), otherwise redis-rs refuses it with CROSSSLOT;
+/// [`query_cluster`](Batch::query_cluster) splits the batch into one pipeline per slot.
 ///
 /// ```no_run
 /// # use redis_primitives::script::{Batch, Invocation, Reply, ScriptCall};
@@ -320,6 +321,58 @@ impl<C: ScriptCall> Batch<C> {
             Some(plan) => drive_async(plan, con).await?,
             None => Vec::new(),
         };
+        Ok(self.finish(invs, values))
+    }
+
+    /// Sends the batch on a cluster: one pipeline per hash slot (a pipeline reaches one node),
+    /// all in flight at once, each recovering from NOSCRIPT on its own node. The outer error is
+    /// for a pipeline that failed as a whole.
+    ///
+    /// ```no_run
+    /// # use redis_primitives::script::{Batch, Invocation};
+    /// # async fn demo(con: &mut redis::cluster_async::ClusterConnection) -> redis_primitives::Result<()> {
+    /// let release = redis_primitives::script::get("lock.release")?;
+    /// let batch: Batch<Invocation<'static>> =
+    ///     ["a", "b", "c"].iter().map(|r| release.invoke().key(format!("lock:{{{r}}}")).arg("t")).collect();
+    /// let outcomes = batch.query_cluster(con).await?; // three slots, three pipelines, one wait
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_cluster(
+        &self,
+        con: &mut redis::cluster_async::ClusterConnection,
+    ) -> Result<Vec<Result<C::Output>>> {
+        let invs = self.invocations();
+        let mut groups: std::collections::HashMap<redis::cluster_routing::Slot, Vec<usize>> =
+            Default::default();
+        for (i, inv) in invs.iter().enumerate() {
+            if let Ok(inv) = inv {
+                let first_key = inv.keys.iter().next().unwrap_or_default();
+                groups.entry(redis::cluster_routing::Slot::for_key(first_key)).or_default().push(i);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, members) in groups {
+            let group: Vec<Result<Invocation<'static>>> =
+                members.iter().filter_map(|&i| invs[i].as_ref().ok().cloned()).map(Ok).collect();
+            let mut con = con.clone();
+            tasks.spawn(async move {
+                let values = match BatchPlan::new(&group) {
+                    Some(plan) => drive_async(plan, &mut con).await,
+                    None => Ok(Vec::new()),
+                };
+                (members, values)
+            });
+        }
+        let mut by_index: Vec<Option<Result<Value>>> = invs.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (members, values) =
+                joined.map_err(|e| Error::unexpected("batch", format!("a pipeline task failed: {e}")))?;
+            for (i, v) in members.into_iter().zip(values?) {
+                by_index[i] = Some(v);
+            }
+        }
+        // finish() pairs the replies, in order, with the entries that were sent.
+        let values = by_index.into_iter().flatten().collect();
         Ok(self.finish(invs, values))
     }
 
