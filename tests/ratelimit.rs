@@ -412,3 +412,58 @@ fn memory_per_subject_at_limit_100() {
     assert!(g_bytes < 200, "GCRA keeps one small key: {g_bytes}");
     assert!(sw_bytes < 100 * 200, "the log holds at most 100 entries: {sw_bytes}");
 }
+
+/// Weights, peek, reset and penalty on any connection (used for the cluster; the standalone
+/// tests above cover the same ground with server-side inspection).
+async fn weights_peek_reset_and_penalty<C>(mut con: C)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let sw = window(10, HOUR);
+    let g = gcra(10, HOUR);
+    let subject = unique("w");
+    for (name, limiter_sw) in [("sliding", true), ("gcra", false)] {
+        let check = |cost: u64| {
+            let (sw, g, subject) = (sw.clone(), g.clone(), subject.clone());
+            async move { if limiter_sw { sw.check_call(&subject, cost) } else { g.check_call(&subject, cost) } }
+        };
+        let peek = check(4).await.unwrap().peek();
+        let p = redis_primitives::script::ScriptCall::query_async(&peek, &mut con).await.unwrap();
+        assert!(p.allowed && p.limits[0].remaining == 6, "{name}: {p:?}");
+        let mut seen = Vec::new();
+        for cost in [4, 4, 3, 2] {
+            let d = redis_primitives::script::ScriptCall::query_async(&check(cost).await.unwrap(), &mut con)
+                .await
+                .unwrap();
+            seen.push((d.allowed, d.limits[0].remaining));
+        }
+        assert_eq!(seen, [(true, 6), (true, 2), (false, 2), (true, 0)], "{name}: the peek consumed nothing");
+    }
+    sw.reset(&mut con, &subject).await.unwrap();
+    g.reset(&mut con, &subject).await.unwrap();
+    assert_eq!(sw.check(&mut con, &subject, 1).await.unwrap().remaining, 9);
+    assert_eq!(g.check(&mut con, &subject, 1).await.unwrap().remaining, 9);
+
+    // Penalty: refused attempts count. Two admitted at t=0, refused retries at t=200 ms: at
+    // t=310 ms the admitted ones have left the 300 ms window, the recorded retries have not.
+    let short = window(2, Duration::from_millis(300));
+    let plain = unique("plain");
+    for who in [&subject, &plain] {
+        for _ in 0..2 {
+            assert!(short.check(&mut con, who, 1).await.unwrap().allowed);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        assert!(!short.check(&mut con, &subject, Request::cost(1).penalty()).await.unwrap().allowed);
+        assert!(!short.check(&mut con, &plain, 1).await.unwrap().allowed);
+    }
+    tokio::time::sleep(Duration::from_millis(110)).await;
+    assert!(short.check(&mut con, &plain, 1).await.unwrap().allowed, "plain retries are not recorded");
+    assert!(!short.check(&mut con, &subject, 1).await.unwrap().allowed, "penalty retries extend the lockout");
+}
+
+#[tokio::test]
+async fn weights_peek_reset_and_penalty_on_a_cluster() {
+    weights_peek_reset_and_penalty(shared_cluster().client().get_async_connection().await.unwrap()).await;
+}
