@@ -44,7 +44,7 @@ fn script_exists(server: &Server, name: &str) -> bool {
 fn preload_loads_every_script_blocking() {
     let server = Server::start();
     let n = script::preload(&mut server.conn()).unwrap();
-    let bundle = script::bundle().unwrap();
+    let bundle = script::bundle();
     assert_eq!(n, bundle.len());
     assert!(bundle.iter().all(|s| script_exists(&server, s.name())));
 }

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn scripts(cmd: ScriptsCmd) -> CliResult {
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     match cmd {
         ScriptsCmd::List => {
             let width = bundle.iter().map(|s| s.name().len()).max().unwrap_or(0);
@@ -195,7 +195,7 @@ fn doctor(url: &str, json: bool) -> CliResult {
 }
 
 fn load(url: &str) -> CliResult {
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = redis::Client::open(url)?;
