@@ -33,6 +33,7 @@ pub mod ratelimit;
 pub mod rules;
 pub mod script;
 pub mod stream;
+pub(crate) mod telemetry;
 
 pub use error::{Error, Result};
 /// The `redis` crate this one is built on, so a service uses the same version and features

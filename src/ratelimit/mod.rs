@@ -46,7 +46,7 @@ pub use algorithm::{Gcra, Limit, SlidingWindow};
 pub use call::Check;
 
 use crate::flow::{self, Once, OnceCommand, twins};
-use crate::{Error, Result, rules};
+use crate::{Error, Result, rules, telemetry};
 
 /// How long a single check, peek or reset may take by default before it fails with
 /// [`Error::Timeout`]: a limiter sits in front of requests, so it must fail fast.
@@ -183,6 +183,14 @@ pub struct MultiDecision {
 }
 
 impl MultiDecision {
+    /// Reports each limit's decision (telemetry), then passes the decision on.
+    fn reported(self, limiters: &[&str]) -> Self {
+        for (d, name) in self.limits.iter().zip(limiters) {
+            telemetry::ratelimit_decision(name, d.allowed && self.allowed);
+        }
+        self
+    }
+
     /// The one limit's decision of a single-limit call.
     fn single(self) -> Result<Decision> {
         let mut d = self
@@ -266,21 +274,25 @@ impl RateLimiter {
         Check::new(vec![(self.key(subject)?, self.limit)], request.into())
     }
 
-    fn once(&self, call: Result<Check>) -> Result<impl flow::Flow<Out = Decision> + use<>> {
-        Ok(flow::map(Once::new(call?, self.deadline), MultiDecision::single))
+    /// One call within the deadline; a real check (not a peek) is reported to telemetry.
+    fn once(&self, call: Result<Check>, report: bool) -> Result<impl flow::Flow<Out = Decision> + use<>> {
+        let name = self.name.clone();
+        Ok(flow::map(Once::new(call?, self.deadline), move |m| {
+            if report { m.reported(&[&name]) } else { m }.single()
+        }))
     }
 
     twins! {
         /// Checks and, if allowed, consumes: one atomic call, within the limiter's deadline.
         cancel: "Dropping the future may leave the request counted: the call may have reached the server.",
         pub fn check / check_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>) -> Decision
-            = self.once(self.check_call(subject, request))?;
+            = self.once(self.check_call(subject, request), true)?;
 
         /// Decides without consuming or writing anything (sent read-only where the server
         /// allows), within the limiter's deadline.
         cancel: "Safe: a peek writes nothing.",
         pub fn peek / peek_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>) -> Decision
-            = self.once(self.check_call(subject, request).map(Check::peek))?;
+            = self.once(self.check_call(subject, request).map(Check::peek), false)?;
 
         /// Forgets `subject`'s history: its next request starts from a full limit.
         cancel: "Dropping the future may or may not have reset the subject.",
@@ -295,7 +307,7 @@ impl RateLimiter {
         cancel: "Dropping the future during a sleep consumes nothing more; during a call, that \
             call may have been counted.",
         pub fn wait / wait_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>, timeout: Duration) -> Decision
-            = flow::map(wait::Wait::new(self.check_call(subject, request)?, timeout), MultiDecision::single);
+            = flow::map(wait::Wait::new(self.check_call(subject, request)?, timeout), |m| m.reported(&[&self.name]).single());
     }
 }
 
@@ -398,7 +410,7 @@ impl MultiLimit {
         /// Checks all limits and consumes them only if all allow, within the deadline.
         cancel: "Dropping the future may leave the request counted: the call may have reached the server.",
         pub fn check / check_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>, request: impl Into<Request>) -> MultiDecision
-            = Once::new(self.check_call(subjects, request)?, self.deadline);
+            = flow::map(Once::new(self.check_call(subjects, request)?, self.deadline), |m| Ok(m.reported(&self.names())));
 
         /// Decides for all limits without consuming anything.
         cancel: "Safe: a peek writes nothing.",
@@ -415,6 +427,10 @@ impl MultiLimit {
         cancel: "Dropping the future during a sleep consumes nothing more; during a call, that \
             call may have been counted.",
         pub fn wait / wait_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>, request: impl Into<Request>, timeout: Duration) -> MultiDecision
-            = wait::Wait::new(self.check_call(subjects, request)?, timeout);
+            = flow::map(wait::Wait::new(self.check_call(subjects, request)?, timeout), |m| Ok(m.reported(&self.names())));
+    }
+
+    fn names(&self) -> Vec<&str> {
+        self.limiters.iter().map(RateLimiter::name).collect()
     }
 }
