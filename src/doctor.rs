@@ -1,6 +1,7 @@
 //! Operational checks to run before trusting a Redis deployment with coordination data:
-//! server version against the scripts, persistence, eviction policy, memory, loaded scripts and
-//! cluster state, on every node.
+//! server make and version against the scripts and against the servers CI tests
+//! ([`TESTED_SERVERS`]), persistence, eviction policy, memory, loaded scripts and cluster state,
+//! on every node.
 //!
 //! ```no_run
 //! let report = redis_primitives::doctor::diagnose("redis://127.0.0.1:6379")?;
@@ -13,6 +14,11 @@ use std::collections::BTreeMap;
 
 use crate::script::{self, contract::parse_version};
 use crate::{Result, cluster};
+
+/// The servers the whole test suite runs on in CI (`.ci/run`): make, major, minor. Another
+/// server gets a warning from the `tested server` check (it may well work: it is just not
+/// proven here).
+pub const TESTED_SERVERS: &[(&str, u32, u32)] = &[("Redis", 6, 2), ("Redis", 7, 0), ("Valkey", 9, 1)];
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -155,6 +161,44 @@ impl Info {
     }
 }
 
+/// What INFO says the server is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Server {
+    /// `Redis`, `Valkey`, or another make that reports its own version field.
+    flavor: String,
+    /// The make's own version (Valkey: `valkey_version`).
+    version: String,
+    /// The Redis version it is (compatible with): what `@min-server` is compared to.
+    redis_version: String,
+}
+
+impl Server {
+    fn of(info: &Info) -> Server {
+        let redis_version = info.get("redis_version").unwrap_or("unknown").to_owned();
+        // Valkey keeps redis_version at 7.2.4 and reports itself in valkey_version; Dragonfly
+        // adds dragonfly_version the same way.
+        let own = [("valkey_version", "Valkey"), ("dragonfly_version", "Dragonfly")]
+            .into_iter()
+            .find_map(|(field, make)| Some((make.to_owned(), info.get(field)?.to_owned())));
+        let (flavor, version) = own.unwrap_or_else(|| ("Redis".to_owned(), redis_version.clone()));
+        Server { flavor, version, redis_version }
+    }
+
+    fn describe(&self) -> String {
+        if self.flavor == "Redis" {
+            format!("Redis {}", self.version)
+        } else {
+            format!("{} {} (redis_version {})", self.flavor, self.version, self.redis_version)
+        }
+    }
+
+    fn tested(&self) -> bool {
+        let mut parts = self.version.split('.').map(|p| p.parse::<u32>().ok());
+        let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+        TESTED_SERVERS.iter().any(|(f, a, b)| *f == self.flavor && Some(*a) == major && Some(*b) == minor)
+    }
+}
+
 fn config(con: &mut redis::Connection, name: &str) -> Option<String> {
     let pairs: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query(con).ok()?;
     pairs.get(1).cloned()
@@ -165,21 +209,39 @@ fn node_checks(node: &str, con: &mut redis::Connection) -> Result<Vec<Check>> {
     let check = |name, status, detail: String| Check { node: node.to_owned(), name, status, detail };
     let mut checks = Vec::new();
 
-    // Server version against every script's @min-server.
+    // Server version against every script's @min-server (a Redis version: Valkey reports the
+    // Redis version it is compatible with in redis_version), then against what CI tests.
     let bundle = script::bundle();
-    let version = info.get("redis_version").unwrap_or("unknown").to_owned();
+    let server = Server::of(&info);
     let too_new: Vec<String> = bundle
         .iter()
-        .filter(|s| match (parse_version(&version), parse_version(&s.contract().min_server)) {
+        .filter(|s| match (parse_version(&server.redis_version), parse_version(&s.contract().min_server)) {
             (Some(have), Some(need)) => have < need,
             _ => true,
         })
         .map(|s| format!("{} (needs {})", s.name(), s.contract().min_server))
         .collect();
+    let name = server.describe();
     checks.push(if too_new.is_empty() {
-        check("server version", Status::Ok, format!("{version}: every script's @min-server is met"))
+        check("server version", Status::Ok, format!("{name}: every script's @min-server is met"))
     } else {
-        check("server version", Status::Fail, format!("{version} cannot run: {}", too_new.join(", ")))
+        check("server version", Status::Fail, format!("{name} cannot run: {}", too_new.join(", ")))
+    });
+    checks.push(if server.tested() {
+        check("tested server", Status::Ok, format!("{} {}: tested in CI", server.flavor, server.version))
+    } else {
+        let tested: Vec<String> = TESTED_SERVERS.iter().map(|(f, a, b)| format!("{f} {a}.{b}")).collect();
+        check(
+            "tested server",
+            Status::Warn,
+            format!(
+                "{} {} is not among the servers the test suite runs on in CI ({}): it may work, \
+                 but run the suite against it first (REDIS_SERVER=/path/to/server cargo test)",
+                server.flavor,
+                server.version,
+                tested.join(", ")
+            ),
+        )
     });
 
     // Persistence: lock fencing counters and cache versions must survive a restart.
@@ -280,4 +342,56 @@ fn node_checks(node: &str, con: &mut redis::Connection) -> Result<Vec<Check>> {
         },
     ));
     Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(info: &str) -> Server {
+        let info = Info(
+            info.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
+        );
+        Server::of(&info)
+    }
+
+    #[test]
+    fn the_make_and_its_own_version_are_read_from_info() {
+        let redis =
+            server("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\ngcc_version:12.2.0\r\n");
+        assert_eq!((redis.flavor.as_str(), redis.version.as_str()), ("Redis", "7.0.15"));
+        assert_eq!(redis.describe(), "Redis 7.0.15");
+        assert!(redis.tested());
+
+        let valkey = server(
+            "redis_version:7.2.4\nserver_name:valkey\nvalkey_version:9.1.2\nvalkey_release_stage:ga\n\
+             server_mode:cluster\ngcc_version:14.2.1\n",
+        );
+        assert_eq!((valkey.flavor.as_str(), valkey.version.as_str()), ("Valkey", "9.1.2"));
+        assert_eq!(valkey.redis_version, "7.2.4", "@min-server compares the Redis version");
+        assert_eq!(valkey.describe(), "Valkey 9.1.2 (redis_version 7.2.4)");
+        assert!(valkey.tested());
+
+        let dragonfly = server("redis_version:7.4.0\ndragonfly_version:df-v1.25.0\n");
+        assert_eq!(dragonfly.flavor, "Dragonfly");
+        assert!(!dragonfly.tested());
+    }
+
+    #[test]
+    fn only_the_servers_ci_runs_are_tested() {
+        for (info, tested) in [
+            ("redis_version:6.2.14", true),
+            ("redis_version:7.0.0", true),
+            ("redis_version:7.2.5", false),
+            ("redis_version:8.0.2", false),
+            ("redis_version:6.0.16", false),
+            ("redis_version:7.2.4\nvalkey_version:9.1.0", true),
+            ("redis_version:7.2.4\nvalkey_version:8.0.1", false),
+        ] {
+            assert_eq!(server(info).tested(), tested, "{info}");
+        }
+    }
 }

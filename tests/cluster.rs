@@ -114,6 +114,10 @@ async fn failover_to_a_replica_with_an_empty_script_cache_is_recovered() {
     assert_eq!(Acquire(format!("{resource}-before")).query_async(&mut con).await.unwrap(), 1);
     let (_, replicas) = cluster.owners(&key);
     // Preload loads primaries only, and SCRIPT LOAD is not replicated: the replica is empty.
+    // (Redis 6.2 still replicates SCRIPT LOAD: there the replica's cache is emptied by hand.)
+    if common::servers::script_load_replicates() {
+        let _: () = cluster.node(replicas[0]).cmd(&["SCRIPT", "FLUSH"]);
+    }
     assert!(!exists_on(&cluster, replicas[0], "lock.acquire"));
 
     let promoted = cluster.failover(&key);

