@@ -241,10 +241,12 @@ impl Stream {
     }
 }
 
-/// The outcome of `XGROUP CREATE`: created, or `BUSYGROUP` (it exists already).
+/// The outcome of `XGROUP CREATE`: created (`OK`), or `BUSYGROUP` (it exists already).
 pub(super) fn created(reply: Result<Value>) -> Result<bool> {
     match reply {
-        Ok(_) => Ok(true),
+        Ok(Value::Okay) => Ok(true),
+        Ok(Value::SimpleString(s)) if s == "OK" => Ok(true),
+        Ok(other) => Err(wire::bad("XGROUP CREATE", "OK", &other)),
         Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(false),
         Err(e) => Err(e),
     }

@@ -123,11 +123,16 @@ impl Producer {
         /// Nothing is sent when any entry is invalid, or when there is none. The pipeline is not
         /// a transaction: after an error or a timeout, some entries may have been added. Keep
         /// batches to a few thousand entries.
+        ///
+        /// On a blocking connection, a server that stops answering costs the read timeout once
+        /// per entry: redis-rs reads every reply of a pipeline, even after one timed out. Keep
+        /// blocking batches small, or the read timeout short.
         cancel: "Dropping the future may leave any number of the entries added.",
         pub fn add_many / add_many_blocking (&self, batch: impl IntoIterator<Item = impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>>) -> Vec<String>
             = self.pipeline(batch)?;
 
-        /// Appends many typed messages in one pipeline, as [`add_many`](Self::add_many).
+        /// Appends many typed messages in one pipeline, as [`add_many`](Self::add_many) (and
+        /// with the same caveat on a blocking connection).
         cancel: "Dropping the future may leave any number of the messages added.",
         pub fn add_messages / add_messages_blocking (&self, messages: &[impl StreamMessage]) -> Vec<String>
             = self.pipeline(messages.iter().map(StreamMessage::to_fields))?;

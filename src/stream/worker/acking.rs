@@ -103,8 +103,9 @@ pub(super) async fn dead_letter_once(shared: &Shared, link: &mut Link, id: &str,
 }
 
 /// Runs the flow `make` builds until it succeeds, retrying what the policy says is transient
-/// (a fresh flow, so a fresh deadline, each time) at most [`ATTEMPTS`] times, and once the worker
-/// is stopping never past its drain time. `None`: it did not land (a fatal error also stops the
+/// (a fresh flow, so a fresh deadline, each time) at most [`ATTEMPTS`] times; once the worker is
+/// stopping, only retries that end by its drain deadline (the first attempt always runs: a
+/// handler that finished late still gets its ack sent). `None`: it did not land (a fatal error also stops the
 /// worker).
 async fn retrying<F: Flow>(
     shared: &Shared,
@@ -120,10 +121,11 @@ async fn retrying<F: Flow>(
             },
             Err(e) => e,
         };
+        let pause = backoff.next();
         match fault(&e) {
-            Fault::Retry if attempt < ATTEMPTS && !shared.past_drain() => {
+            Fault::Retry if attempt < ATTEMPTS && shared.may_retry_within(pause + link.timeout) => {
                 shared.stats.event(WorkerEvent::Retried, 1);
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(pause).await;
             }
             // Given up: the entries stay pending. A lost group took its pending entries with it.
             Fault::Retry | Fault::LostGroup => return None,

@@ -159,14 +159,17 @@ impl Link {
         self.conn.as_mut().ok_or_else(|| Error::unexpected("stream worker", "no connection"))
     }
 
-    /// Runs `flow` (bounded by its own deadline, the command timeout); a connection error or a
-    /// cut drops the connection, so the next use opens a fresh one.
+    /// Runs `flow`, connecting first if needed, all within the command timeout; a connection
+    /// error or a cut drops the connection, so the next use opens a fresh one.
     pub(super) async fn run<F: Flow>(&mut self, flow: F) -> Result<F::Out> {
-        let out = match self.ensure().await {
-            Ok(conn) => flow::run_async(flow, conn).await.map_err(unanswered),
-            Err(e) => Err(e),
-        };
-        out.map_err(|e| self.failed(e))
+        let timeout = self.timeout;
+        let out = tokio::time::timeout(timeout, async {
+            let conn = self.ensure().await?;
+            flow::run_async(flow, conn).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(flow::timeout("stream worker command")));
+        out.map_err(|e| self.failed(unanswered(e)))
     }
 
     /// Drops the connection after a connection error (a cut included); returns the error.

@@ -30,7 +30,7 @@ mod shutdown;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
@@ -125,8 +125,8 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes: connects, creates the group if needed (an existing
-    /// group is fine), then reads, handles, acks and reclaims. Starting fails within two
-    /// command timeouts when the server is unreachable.
+    /// group is fine), then reads, handles, acks and reclaims. Starting (two connections and
+    /// the group) fails within three command timeouts when the server is unreachable.
     ///
     /// Transient errors ([`Error::is_transient`]: a lost connection, a command with no answer
     /// within the command timeout, a failover) are retried with backoff, on a fresh connection,
@@ -265,11 +265,12 @@ impl Shared {
         self.stop();
     }
 
-    /// Past the time a stopping worker gives its acks: the block time plus the command timeout
-    /// after the stop (a cluster read in flight may end only then).
-    fn past_drain(&self) -> bool {
+    /// Whether a retry taking `d` from now may still run: always while the worker runs; once it
+    /// is stopping, only if it ends by the drain deadline, the block time plus the command
+    /// timeout after the stop (when a cluster read in flight at the stop has ended too).
+    fn may_retry_within(&self, d: Duration) -> bool {
         let drain = self.opts.read_deadline();
-        lock(&self.stopped_at).is_some_and(|at| Instant::now() > rules::later(at, drain))
+        lock(&self.stopped_at).is_none_or(|at| rules::later(Instant::now(), d) <= rules::later(at, drain))
     }
 
     fn release(&self, ids: &[String]) {

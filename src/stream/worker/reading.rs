@@ -25,6 +25,8 @@ enum Read {
     Abandoned,
     /// The read (or connecting for it) failed.
     Failed(Error),
+    /// The worker is stopping: no read was sent.
+    Stopped,
 }
 
 /// The reading connection, and its client ID for `CLIENT UNBLOCK` at shutdown (standalone only:
@@ -55,10 +57,18 @@ impl Reader<'_> {
     /// One XREADGROUP, ended by its deadline; on shutdown a standalone read is unblocked.
     async fn read(&mut self, cmd: &Cmd, stop: &mut watch::Receiver<bool>) -> Read {
         if self.link.conn.is_none() {
-            if let Err(e) = self.link.ensure().await {
+            let connected = tokio::select! {
+                connected = self.link.ensure() => connected.map(drop),
+                _ = wait_stop(stop) => return Read::Stopped,
+            };
+            if let Err(e) = connected {
                 return Read::Failed(e);
             }
             self.learn_id().await;
+        }
+        // Never a new read once stopping: only a read already in flight is waited for.
+        if *stop.borrow() {
+            return Read::Stopped;
         }
         let deadline = rules::later(Instant::now(), self.shared.opts.read_deadline());
         let unblock_id = self.unblock_id;
@@ -161,6 +171,7 @@ pub(super) async fn reader(
                 continue;
             }
             Read::Failed(e) => e,
+            Read::Stopped => break,
         };
         drop(held);
         match fault(&error) {
