@@ -149,33 +149,62 @@ async fn ids_in_stream(stream: &Stream, con: &mut (impl ConnectionLike + Send)) 
         .collect()
 }
 
+/// A cluster of its own, a stream being produced into, and worker A consuming it.
+struct Scene {
+    cluster: Arc<Mutex<Cluster>>,
+    client: redis::cluster::ClusterClient,
+    con: redis::cluster_async::ClusterConnection,
+    stream: Stream,
+    seen: Seen,
+    a: Running,
+    stop_producing: Arc<AtomicBool>,
+    produced: tokio::task::JoinHandle<(Vec<String>, u64)>,
+}
+
+async fn scene(name: &str) -> Scene {
+    let cluster = Cluster::start();
+    let client = cluster.client();
+    let con = client.get_async_connection().await.unwrap();
+    let stream = Stream::new(unique(name)).unwrap();
+    let producer = Producer::new(stream.clone(), Retention::MaxLen(1_000_000)).unwrap();
+    let seen = Seen::default();
+    let a =
+        start_worker(Worker::new(client.clone(), stream.clone(), "g", "a", fault_options()).unwrap(), &seen);
+    let stop_producing = Arc::new(AtomicBool::new(false));
+    let produced = start_producer(producer, con.clone(), stop_producing.clone());
+    wait_until("the first entries", Duration::from_secs(20), || seen.total() >= 200).await;
+    let cluster = Arc::new(Mutex::new(cluster));
+    Scene { cluster, client, con, stream, seen, a, stop_producing, produced }
+}
+
+impl Scene {
+    /// Another consumer of the group.
+    fn worker(&self, consumer: &str) -> Running {
+        let worker = Worker::new(self.client.clone(), self.stream.clone(), "g", consumer, fault_options());
+        start_worker(worker.unwrap(), &self.seen)
+    }
+
+    /// Stops producing; the ids the server acknowledged, and how many adds failed.
+    async fn produced(&mut self) -> (Vec<String>, u64) {
+        self.stop_producing.store(true, Ordering::SeqCst);
+        (&mut self.produced).await.unwrap()
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // CLUSTER FAILOVER of the stream's own primary, three times.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_worker_survives_failovers_of_its_own_primary() {
     let _serial = SERIAL.lock().await;
-    let cluster = Arc::new(Mutex::new(Cluster::start()));
-    let client = cluster.lock().unwrap().client();
-    let mut con = client.get_async_connection().await.unwrap();
-    let stream = Stream::new(unique("failover")).unwrap();
-    let key = stream.key().to_owned();
-    let producer = Producer::new(stream.clone(), Retention::MaxLen(1_000_000)).unwrap();
-    let opts = fault_options();
-    let seen = Seen::default();
-
-    let worker_a = Worker::new(client.clone(), stream.clone(), "g", "a", opts.clone()).unwrap();
-    let a = start_worker(worker_a, &seen);
-    let producing = Arc::new(AtomicBool::new(false));
-    let produced = start_producer(producer, con.clone(), producing.clone());
-    wait_until("the first entries", Duration::from_secs(20), || seen.total() >= 200).await;
+    let mut scene = scene("failover").await;
+    let (cluster, seen) = (scene.cluster.clone(), scene.seen.clone());
+    let key = scene.stream.key().to_owned();
 
     let mut shutdowns = Vec::new();
     for round in 1..=3 {
         // A second consumer, shut down while the failover is under way.
-        let worker_b =
-            Worker::new(client.clone(), stream.clone(), "g", format!("b{round}"), opts.clone()).unwrap();
-        let b = start_worker(worker_b, &seen);
+        let b = scene.worker(&format!("b{round}"));
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = seen.total();
         let (c, k) = (cluster.clone(), key.clone());
@@ -200,11 +229,10 @@ async fn a_cluster_worker_survives_failovers_of_its_own_primary() {
         );
         shutdowns.push(took_b);
     }
-    producing.store(true, Ordering::SeqCst);
-    let (ids, failed_adds) = produced.await.unwrap();
+    let (ids, failed_adds) = scene.produced().await;
     let want: HashSet<String> = ids.iter().cloned().collect();
-    drained(&stream, &mut con, &seen, &want).await;
-    let (report_a, took_a) = stop(a).await;
+    drained(&scene.stream, &mut scene.con, &seen, &want).await;
+    let (report_a, took_a) = stop(scene.a).await;
     shutdowns.push(took_a);
 
     let handled = seen.ids();
@@ -228,20 +256,10 @@ async fn a_cluster_worker_survives_failovers_of_its_own_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_worker_survives_a_kill_of_its_own_primary() {
     let _serial = SERIAL.lock().await;
-    let cluster = Arc::new(Mutex::new(Cluster::start()));
-    let client = cluster.lock().unwrap().client();
-    let mut con = client.get_async_connection().await.unwrap();
-    let stream = Stream::new(unique("kill")).unwrap();
-    let key = stream.key().to_owned();
-    let producer = Producer::new(stream.clone(), Retention::MaxLen(1_000_000)).unwrap();
-    let opts = fault_options();
-    let seen = Seen::default();
-
-    let a = start_worker(Worker::new(client.clone(), stream.clone(), "g", "a", opts.clone()).unwrap(), &seen);
-    let producing = Arc::new(AtomicBool::new(false));
-    let produced = start_producer(producer, con.clone(), producing.clone());
-    wait_until("the first entries", Duration::from_secs(20), || seen.total() >= 200).await;
-    let b = start_worker(Worker::new(client.clone(), stream.clone(), "g", "b", opts.clone()).unwrap(), &seen);
+    let mut scene = scene("kill").await;
+    let (cluster, seen) = (scene.cluster.clone(), scene.seen.clone());
+    let key = scene.stream.key().to_owned();
+    let b = scene.worker("b");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let before = seen.total();
@@ -257,15 +275,14 @@ async fn a_cluster_worker_survives_a_kill_of_its_own_primary() {
         .await;
     let resumed_after = killed_at.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    producing.store(true, Ordering::SeqCst);
-    let (ids, failed_adds) = produced.await.unwrap();
+    let (ids, failed_adds) = scene.produced().await;
 
     // Writes the dead primary acknowledged but never replicated are gone from the stream: lost by
     // Redis (asynchronous replication), not by the worker.
-    let in_stream = ids_in_stream(&stream, &mut con).await;
+    let in_stream = ids_in_stream(&scene.stream, &mut scene.con).await;
     let want: HashSet<String> = ids.iter().filter(|id| in_stream.contains(*id)).cloned().collect();
-    drained(&stream, &mut con, &seen, &want).await;
-    let (report_a, took_a) = stop(a).await;
+    drained(&scene.stream, &mut scene.con, &seen, &want).await;
+    let (report_a, took_a) = stop(scene.a).await;
 
     let handled = seen.ids();
     let lost = want.difference(&handled).count();
@@ -319,13 +336,18 @@ struct Outcome {
     bound: Duration,
 }
 
+/// A stream with the deadline, and producers by length and by age.
+fn subjects() -> (Stream, Producer, Producer) {
+    let stream = Stream::new(unique("fault")).unwrap().with_deadline(DEADLINE);
+    let producer = |r| Producer::new(stream.clone(), r).unwrap().with_deadline(DEADLINE);
+    let (by_len, by_age) =
+        (producer(Retention::MaxLen(100)), producer(Retention::MaxAge(Duration::from_secs(60))));
+    (stream, by_len, by_age)
+}
+
 /// Every public producer and admin call on `con`: its name, how long it took, its outcome.
 async fn every_call_async<C: ConnectionLike + Send>(con: &mut C) -> Vec<Outcome> {
-    let stream = Stream::new(unique("fault")).unwrap().with_deadline(DEADLINE);
-    let by_len = Producer::new(stream.clone(), Retention::MaxLen(100)).unwrap().with_deadline(DEADLINE);
-    let by_age = Producer::new(stream.clone(), Retention::MaxAge(Duration::from_secs(60)))
-        .unwrap()
-        .with_deadline(DEADLINE);
+    let (stream, by_len, by_age) = subjects();
     let mut out = Vec::new();
     macro_rules! call {
         ($name:expr, $call:expr) => {{
@@ -353,11 +375,7 @@ async fn every_call_async<C: ConnectionLike + Send>(con: &mut C) -> Vec<Outcome>
 
 /// The same calls' blocking twins.
 fn every_call_blocking(con: &mut dyn redis::ConnectionLike) -> Vec<Outcome> {
-    let stream = Stream::new(unique("fault")).unwrap().with_deadline(DEADLINE);
-    let by_len = Producer::new(stream.clone(), Retention::MaxLen(100)).unwrap().with_deadline(DEADLINE);
-    let by_age = Producer::new(stream.clone(), Retention::MaxAge(Duration::from_secs(60)))
-        .unwrap()
-        .with_deadline(DEADLINE);
+    let (stream, by_len, by_age) = subjects();
     let mut out = Vec::new();
     macro_rules! call {
         ($name:expr, $call:expr) => {

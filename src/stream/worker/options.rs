@@ -166,27 +166,12 @@ mod tests {
     fn every_bound_is_checked() {
         let d = WorkerOptions::default;
         assert!(d().validate().is_ok());
+        // The two the issue met (passed validation, then failed in `run`); every other bound
+        // is checked in tests/stream.rs.
         for bad in [
-            d().block(Duration::ZERO),
-            d().block(Duration::MAX),
-            d().block(Duration::from_micros(1500)),
-            d().block(Duration::from_secs(3601)),
-            d().command_timeout(Duration::ZERO),
             d().command_timeout(Duration::MAX),
-            d().min_idle(Duration::ZERO),
             d().min_idle(Duration::MAX),
-            d().claim_interval(Duration::ZERO),
-            d().claim_interval(Duration::MAX),
-            d().batch(0),
-            d().batch(usize::MAX),
-            d().concurrency(0),
-            d().concurrency(usize::MAX),
-            d().max_deliveries(0),
-            d().max_deliveries(u64::MAX),
-            d().dead_maxlen(Some(0)),
-            d().dead_maxlen(Some(u64::MAX)),
-            d().start(StartFrom::Id("x".into())),
-            d().start(StartFrom::Id(String::new())),
+            d().block(Duration::from_micros(1500)),
         ] {
             assert!(matches!(bad.validate(), Err(Error::InvalidArgument { .. })), "{bad:?}");
         }
