@@ -148,7 +148,7 @@ async fn a_cold_key_is_computed_once_on_a_cluster() {
 async fn a_filler_that_dies_is_replaced_after_its_lease_expires() {
     let server = Server::start();
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
-    let cache = Cache::new(unique("dead")).unwrap().with_lease(Duration::from_millis(300));
+    let cache = Cache::new(unique("dead")).unwrap().with_lease(Duration::from_millis(300)).unwrap();
     // A filler takes the lease and dies (never writes, never releases).
     let v = script::get("cache.get")
         .unwrap()
@@ -278,7 +278,7 @@ async fn not_found_is_cached_when_asked() {
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
     let computed = AtomicU32::new(0);
     let plain = Cache::new(unique("neg")).unwrap();
-    let negative = Cache::new(unique("neg")).unwrap().with_negative_ttl(MINUTE);
+    let negative = Cache::new(unique("neg")).unwrap().with_negative_ttl(MINUTE).unwrap();
     for cache in [&plain, &negative] {
         for _ in 0..3 {
             let got = cache
