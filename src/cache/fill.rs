@@ -396,3 +396,6 @@ where
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
