@@ -30,6 +30,17 @@ impl std::fmt::Debug for Start {
     }
 }
 
+/// The first flow of a fill, its first read sent.
+fn started<'a>(fill: &'a Fill<'a>) -> Acquire<'a> {
+    let mut flow = fill.acquire();
+    assert_eq!(what(&flow.start()), "cache.get");
+    flow
+}
+
+fn new_fill(c: &Cache) -> Fill<'_> {
+    Fill::new(c, "k", Duration::from_secs(60)).unwrap()
+}
+
 fn get_reply(status: i64, data: Option<&[u8]>, pttl: i64) -> Event {
     let data = data.map_or(Value::Nil, |d| Value::BulkString(d.to_vec()));
     Event::Reply(Ok(Value::Array(vec![
@@ -53,21 +64,17 @@ fn permanent() -> Event {
 #[test]
 fn a_miss_with_the_lease_asks_for_the_compute() {
     let c = cache();
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
-    let mut flow = fill.acquire();
-    assert_eq!(what(&flow.start()), "cache.get");
-    assert!(what(&flow.on(get_reply(3, None, 10_000))).starts_with("done Ok(lease"));
-    let mut flow = fill.acquire();
-    flow.start();
+    let fill = new_fill(&c);
+    assert!(what(&started(&fill).on(get_reply(3, None, 10_000))).starts_with("done Ok(lease"));
+    let mut flow = started(&fill);
     assert_eq!(what(&flow.on(get_reply(1, Some(b"v"), 0))), "done Ok(served Some([118]))");
 }
 
 #[test]
 fn waiting_retries_transient_errors_only() {
     let c = cache();
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
-    let mut flow = fill.acquire();
-    flow.start();
+    let fill = new_fill(&c);
+    let mut flow = started(&fill);
     assert!(what(&flow.on(get_reply(4, None, 5_000))).starts_with("sleep"));
     assert_eq!(what(&flow.on(Event::Woke)), "cache.get");
     // A lost connection while waiting: read again (same token, idempotent).
@@ -81,9 +88,8 @@ fn waiting_retries_transient_errors_only() {
 #[test]
 fn the_first_read_is_not_retried_and_its_lease_is_given_back() {
     let c = cache();
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
-    let mut flow = fill.acquire();
-    flow.start();
+    let fill = new_fill(&c);
+    let mut flow = started(&fill);
     assert_eq!(what(&flow.on(transient())), "cache.release_lease");
     // The release's own failure does not replace the answer.
     assert!(what(&flow.on(transient())).starts_with("done Err(Connection"));
@@ -92,21 +98,18 @@ fn the_first_read_is_not_retried_and_its_lease_is_given_back() {
 #[test]
 fn the_wait_ends_at_the_max_wait_without_a_release_when_the_lease_is_known_to_be_another_s() {
     let c = cache().with_max_wait(Duration::ZERO);
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
-    let mut flow = fill.acquire();
-    flow.start();
+    let fill = new_fill(&c);
+    let mut flow = started(&fill);
     assert!(what(&flow.on(get_reply(4, None, 5_000))).starts_with("done Err(Timeout"));
     // Extreme values neither panic nor overflow.
     let c = cache().with_max_wait(Duration::MAX).with_deadline(Duration::MAX);
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
-    let mut flow = fill.acquire();
-    flow.start();
+    let fill = new_fill(&c);
+    let mut flow = started(&fill);
     assert!(what(&flow.on(get_reply(4, None, i64::MAX))).starts_with("sleep"));
 }
 
 fn leased(fill: &Fill<'_>, current: Option<&[u8]>) -> Lease {
-    let mut flow = fill.acquire();
-    flow.start();
+    let mut flow = started(fill);
     let status = if current.is_some() { 2 } else { 3 };
     match flow.on(get_reply(status, current, 10_000)) {
         Step::Done(Ok(Start::Lease(l))) => l,
@@ -117,7 +120,7 @@ fn leased(fill: &Fill<'_>, current: Option<&[u8]>) -> Lease {
 #[test]
 fn the_write_back_stores_or_gives_the_lease_back() {
     let c = cache();
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
+    let fill = new_fill(&c);
     // A value: stored (the store frees the lease).
     let mut flow = fill.write_back(leased(&fill, None), Ok::<_, std::io::Error>(Some(b"v".to_vec())));
     assert_eq!(what(&flow.start()), "cache.set");
@@ -145,7 +148,7 @@ fn the_write_back_stores_or_gives_the_lease_back() {
 #[test]
 fn negative_caching_stores_not_found() {
     let c = cache().with_negative_ttl(Duration::from_secs(5)).unwrap();
-    let fill = Fill::new(&c, "k", Duration::from_secs(60)).unwrap();
+    let fill = new_fill(&c);
     let mut flow = fill.write_back(leased(&fill, None), Ok::<_, std::io::Error>(None));
     assert_eq!(what(&flow.start()), "cache.set");
 }
