@@ -7,7 +7,7 @@
 
 mod fake;
 
-pub use fake::{FakeServer, dead_url};
+pub use fake::{FakeServer, dead_url, quiet_client};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
