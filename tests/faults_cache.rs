@@ -10,8 +10,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FakeServer, Server, shared_cluster, unique};
-use redis::IntoConnectionInfo;
+use common::{Cluster, FakeServer, Server, quiet_client, shared_cluster, unique};
 use redis::aio::ConnectionLike;
 use redis_primitives::Error;
 use redis_primitives::cache::{Cache, Version};
@@ -34,14 +33,6 @@ impl Outcome {
     fn overshoot(&self) -> Duration {
         self.took.saturating_sub(self.bound)
     }
-}
-
-/// A client that sends nothing on connect (no CLIENT SETINFO), so a connection to a fake server
-/// can be made at all; the cache's calls are then the only traffic.
-fn quiet_client(url: &str) -> redis::Client {
-    let info = url.into_connection_info().unwrap();
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings)).unwrap()
 }
 
 /// A multiplexed connection without redis-rs's own response timeout: only the cache's deadline
