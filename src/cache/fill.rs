@@ -6,7 +6,8 @@
 //!    the max wait for another caller's fill passes. While waiting it retries exactly
 //!    [`Error::is_transient`] errors (a leased read with the same token is idempotent: a lease
 //!    already ours is reported as ours). When it ends in an error after a read whose answer it
-//!    never saw (that read may have taken the lease), it gives the lease back first.
+//!    never saw (that read may have taken the lease), or is served a value after such a read, it
+//!    gives the lease back first.
 //! 2. [`WriteBack`]: stores the computed value (`cache.set` frees the lease in the same step),
 //!    or gives the lease back (`cache.release_lease`) when there is nothing to store or the
 //!    compute failed; when the store fails, it still tries to give the lease back.
@@ -87,6 +88,7 @@ impl<'c> Fill<'c> {
             first: true,
             waited: false,
             unknown: false,
+            lost: false,
             ending: None,
         }
     }
@@ -159,8 +161,11 @@ pub(crate) struct Acquire<'f> {
     waited: bool,
     /// The last read was sent and its answer never seen: it may have taken the lease.
     unknown: bool,
+    /// A read's answer was lost and the read sent again: the lost one may have taken the lease
+    /// even if a later read finds a value (written meanwhile by a filler whose lease expired).
+    lost: bool,
     /// Set while the clean-up release is in flight: the answer to give after it.
-    ending: Option<Error>,
+    ending: Option<Result<Start>>,
 }
 
 impl Acquire<'_> {
@@ -202,10 +207,11 @@ impl Acquire<'_> {
                 if self.waited {
                     telemetry::cache_fill(self.fill.segment(), FillOutcome::Waited, Duration::ZERO);
                 }
-                Step::Done(Ok(Start::Served(match entry {
+                let value = match entry {
                     Entry::Hit(v) => Some(v),
                     Entry::NotFound | Entry::Miss => None,
-                })))
+                };
+                self.end(Ok(Start::Served(value)), self.lost)
             }
         }
     }
@@ -222,10 +228,15 @@ impl Acquire<'_> {
         if matches!(e, Error::Timeout(_)) {
             telemetry::cache_fill(self.fill.segment(), FillOutcome::TimedOut, Duration::ZERO);
         }
-        if !self.unknown {
-            return Step::Done(Err(e));
+        self.end(Err(e), self.unknown)
+    }
+
+    /// Ends with `answer`, after giving the lease back when `release`.
+    fn end(&mut self, answer: Result<Start>, release: bool) -> Step<Start> {
+        if !release {
+            return Step::Done(answer);
         }
-        self.ending = Some(e);
+        self.ending = Some(answer);
         // The clean-up gets its own deadline past the caller's: see the documented bound.
         self.call_deadline = rules::deadline(self.fill.cache.deadline);
         send(&self.fill.release())
@@ -240,10 +251,10 @@ impl Flow for Acquire<'_> {
     }
 
     fn on(&mut self, event: Event) -> Step<Start> {
-        if let Some(e) = self.ending.take() {
+        if let Some(answer) = self.ending.take() {
             let released = matches!(event, Event::Reply(Ok(ref v)) if v == &redis::Value::Int(1));
             telemetry::orphan_release(LeaseKind::CacheFill, self.fill.segment(), released);
-            return Step::Done(Err(e));
+            return Step::Done(answer);
         }
         let now = Instant::now();
         match event {
@@ -255,6 +266,7 @@ impl Flow for Acquire<'_> {
             },
             // While waiting, a transient error is retried: the same leased read is idempotent.
             Event::Reply(Err(e)) if self.waited && e.is_transient() && now < self.wait_end => {
+                self.lost = true;
                 Step::Sleep(RETRY.min(self.wait_end - now))
             }
             Event::Reply(Err(e)) => self.fail(e),

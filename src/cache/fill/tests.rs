@@ -70,29 +70,36 @@ fn a_miss_with_the_lease_asks_for_the_compute() {
     assert_eq!(what(&flow.on(get_reply(1, Some(b"v"), 0))), "done Ok(served Some([118]))");
 }
 
-#[test]
-fn waiting_retries_transient_errors_only() {
-    let c = cache();
-    let fill = new_fill(&c);
-    let mut flow = started(&fill);
+/// A fill waiting for another caller's, whose last read met a lost connection and was sent
+/// again.
+fn waiting_after_a_lost_read<'a>(fill: &'a Fill<'a>) -> Acquire<'a> {
+    let mut flow = started(fill);
     assert!(what(&flow.on(get_reply(4, None, 5_000))).starts_with("sleep"));
     assert_eq!(what(&flow.on(Event::Woke)), "cache.get");
     // A lost connection while waiting: read again (same token, idempotent).
     assert!(what(&flow.on(transient())).starts_with("sleep"));
     assert_eq!(what(&flow.on(Event::Woke)), "cache.get");
-    // Anything else ends it, after giving back a lease the unanswered read may have taken.
-    assert_eq!(what(&flow.on(permanent())), "cache.release_lease");
-    assert!(what(&flow.on(Event::Reply(Ok(Value::Int(0))))).starts_with("done Err(WrongType"));
+    flow
 }
 
 #[test]
-fn the_first_read_is_not_retried_and_its_lease_is_given_back() {
+fn only_transient_errors_while_waiting_are_retried_and_a_lease_a_lost_read_took_is_given_back() {
     let c = cache();
     let fill = new_fill(&c);
+    // The first read is not retried (Redis down: fail fast); the lease it may have taken is
+    // given back, and the release's own failure does not replace the answer.
     let mut flow = started(&fill);
     assert_eq!(what(&flow.on(transient())), "cache.release_lease");
-    // The release's own failure does not replace the answer.
     assert!(what(&flow.on(transient())).starts_with("done Err(Connection"));
+    // While waiting, a transient error is retried; anything else ends the wait, after giving
+    // back a lease the unanswered read may have taken.
+    let mut flow = waiting_after_a_lost_read(&fill);
+    assert_eq!(what(&flow.on(permanent())), "cache.release_lease");
+    assert!(what(&flow.on(Event::Reply(Ok(Value::Int(0))))).starts_with("done Err(WrongType"));
+    // A value found after a lost read is served once that read's lease is given back.
+    let mut flow = waiting_after_a_lost_read(&fill);
+    assert_eq!(what(&flow.on(get_reply(1, Some(b"v"), 0))), "cache.release_lease");
+    assert_eq!(what(&flow.on(Event::Reply(Ok(Value::Int(0))))), "done Ok(served Some([118]))");
 }
 
 #[test]
