@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Cluster, FakeServer, Server, unique};
+use redis::Value;
 use redis::aio::ConnectionLike;
-use redis::{IntoConnectionInfo, Value};
 use redis_primitives::Error;
 use redis_primitives::stream::{
     Delivery, Fields, Producer, Report, Retention, Shutdown, StartFrom, Stream, StreamMessage, Worker,
@@ -306,14 +306,6 @@ async fn a_cluster_worker_survives_a_kill_of_its_own_primary() {
 // ---------------------------------------------------------------------------------------------
 // Every producer and admin call against a server that fails.
 
-/// A client that sends nothing on connect (no `CLIENT SETINFO`), so it can connect to the
-/// fake servers; the calls then meet the fault.
-fn bare_client(url: &str) -> redis::Client {
-    let info = url.into_connection_info().unwrap();
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings)).unwrap()
-}
-
 struct Typed(&'static str);
 
 impl StreamMessage for Typed {
@@ -455,7 +447,7 @@ async fn producer_and_admin_calls_fail_typed_within_their_deadline_whatever_the_
         ("garbage", FakeServer::garbage()),
         ("closing", FakeServer::closing()),
     ] {
-        let client = bare_client(&fake.url());
+        let client = fake.client();
         // No response timeout of redis-rs' own: only the call's deadline bounds it.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         let mut con = client.get_multiplexed_async_connection_with_config(&config).await.unwrap();
