@@ -247,7 +247,12 @@ async fn a_cluster_worker_survives_failovers_of_its_own_primary() {
     );
     assert_eq!(lost, 0, "every acknowledged entry was handled");
     assert!(max_shutdown <= SHUTDOWN_BOUND, "shutdown within block + command timeout: {shutdowns:?}");
-    assert!(report_a.errors >= 1, "the failovers were noticed: {report_a:?}");
+    // Redis answers a read blocked on a primary that steps down with an error (UNBLOCKED);
+    // Valkey answers it with MOVED, which the cluster client follows, so there a failover may
+    // pass without an error (the assertions above show the worker went on).
+    if !common::servers::blocked_reads_redirect_on_failover() {
+        assert!(report_a.errors >= 1, "the failovers were noticed: {report_a:?}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -147,6 +147,12 @@ pub fn script_load_replicates() -> bool {
     s.flavor == Flavor::Redis && !s.at_least(7, 0)
 }
 
+/// Whether a client blocked on a primary that steps down (CLUSTER FAILOVER) is redirected
+/// with MOVED (Valkey) rather than unblocked with an error (Redis).
+pub fn blocked_reads_redirect_on_failover() -> bool {
+    flavor() == Flavor::Valkey
+}
+
 /// The command a read-only script call shows up as in the selected server's commandstats.
 pub fn read_only_eval() -> &'static str {
     if has_evalsha_ro() { "evalsha_ro" } else { "evalsha" }
