@@ -117,6 +117,11 @@ async fn a_retry_storm_does_not_extend_the_lockout_unless_in_penalty_mode() {
     // Penalty: every refused attempt counts, so a client that never pauses stays out; once it
     // pauses for the retry-after it was given, it is admitted again.
     let pen_sw = hammer(&sw, &mut con, "pen", Request::cost(1).penalty(), Duration::from_millis(1000)).await;
+    // Back-to-back penalty attempts: the newest 5 entries are then a few ms old whatever the
+    // machine's load did to the hammer's pace, so the lockout has nearly a full window to run.
+    for _ in 0..4 {
+        sw.check(&mut con, "pen", Request::cost(1).penalty()).await.unwrap();
+    }
     let d = sw.check(&mut con, "pen", Request::cost(1).penalty()).await.unwrap();
     assert!(!d.allowed && d.retry_after > Duration::from_millis(200), "still locked out: {d:?}");
     tokio::time::sleep(d.retry_after).await;
