@@ -504,9 +504,9 @@ struct AfterFill {
     outcome: Result<Option<Vec<u8>>>,
 }
 
-/// The fill lease is released with `lock.release`: the same compare-and-delete of a token.
+/// The fill lease is released with the cache's own `cache.release_lease` (compare-and-delete of the token).
 fn release_call(lease_key: &str, token: &str) -> Result<Invocation<'static>> {
-    Ok(script::get("lock.release")?.invoke().key(lease_key).arg(token))
+    Ok(script::get("cache.release_lease")?.invoke().key(lease_key).arg(token))
 }
 
 fn check_key(key: &str) -> Result<()> {

@@ -29,6 +29,8 @@ pub struct ManifestScript<'a> {
     pub errors: &'a str,
     /// The error codes the script gives itself.
     pub error_codes: &'a [String],
+    /// `@complexity`: the most work one call does.
+    pub complexity: &'a str,
     /// `@mode`.
     pub mode: Mode,
     /// `@min-server`.
@@ -78,6 +80,7 @@ impl<'a> Manifest<'a> {
                         returns: &c.returns,
                         errors: &c.errors,
                         error_codes: &c.error_codes,
+                        complexity: &c.complexity,
                         mode: c.mode,
                         min_server: &c.min_server,
                     }

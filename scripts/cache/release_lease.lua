@@ -1,0 +1,32 @@
+--- @name cache.release_lease
+--- @summary Give back a fill lease (after a failed or skipped fill), but only if this token still holds it.
+--- @key 1 lease cache:{<segment>}:lease:<key> the fill lease's holder token; expires after the lease_ms of cache.get
+--- @arg 1 token string the lease token given to cache.get (1..256 bytes)
+--- @returns integer 1 released, 0 not held by this token (expired, already released, or another caller's)
+--- @errors BADARG
+--- @complexity O(1): 2 commands
+--- @mode write
+--- @min-server 6.2
+
+if #KEYS ~= 1 then
+  return redis.error_reply('BADARG keys: expected 1 (got ' .. #KEYS .. ')')
+end
+if #ARGV ~= 1 then
+  return redis.error_reply('BADARG argc: expected 1 (got ' .. #ARGV .. ')')
+end
+local token = ARGV[1]
+if token == '' or #token > 256 then
+  return redis.error_reply('BADARG token: must be 1..256 bytes')
+end
+-- pcall on the first touch: Redis' own WRONGTYPE goes back unchanged on 6.2 and 7.
+local holder = redis.pcall('GET', KEYS[1])
+if type(holder) == 'table' then
+  return holder
+end
+-- Compare and delete in one step: once the lease expired another caller may hold it, and a
+-- plain DEL would let two fillers compute at once.
+if holder == token then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
