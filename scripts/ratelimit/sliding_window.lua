@@ -1,25 +1,29 @@
 --- @name ratelimit.sliding_window
 --- @summary Exact sliding-window log for 1..N limits in one all-or-nothing call; weighted, peek, penalty.
---- @key 1.. log rl:{<subject>}:<name> sorted set, one per limit; keys must be distinct and, with 2 or more, share one non-empty hash tag; each expires when its newest entry leaves the window; holds at most limit + 1 entries
+--- @key 1.. log rl:{<subject>}:<name> list, newest entry first, one per limit; keys must be distinct and, with 2 or more, share one non-empty hash tag; holds at most limit entries; expires between window_ms + s and window_ms + 2s after its newest entry, s = min(window_ms / 8, 10000) rounded down, at least 1
 --- @arg 1 cost integer>=1 weight of this request (at most 999999999999999)
 --- @arg 2 flags integer 0..3 bit 1 = peek (dry run, read commands only), bit 2 = penalty (refusals count)
 --- @arg 3.. limit integer>=1 most total cost admitted within the window (at most 10^12); give one key the same limit and window on every call
 --- @arg 4.. window_ms integer>=1 window length in ms (at most 10^12)
 --- @returns array {allowed, refused, retry_after_ms, then per limit: limit, remaining, retry_ms, reset_ms}
---- @errors BADARG, CORRUPT (a log member this script did not write)
---- @complexity per key: O(log n) commands on a log of n <= limit + 1 entries; 3 to 6 commands per key, plus, only when refusing with mixed costs, a binary search of at most log2(n) + 1 ZRANGE probes; at most 2 entries removed per key per call
+--- @errors BADARG, CORRUPT (a log entry this script did not write)
+--- @complexity per key, on a log of n <= limit entries: usually 2 to 4 commands; a binary search of at most log2(n) + 2 LINDEX probes only when more than one entry left the window since the last write, or when refusing with unequal costs; each LINDEX walks at most n entries; a write removes at most 64 entries
 --- @mode write
 --- @min-server 6.2
 
--- Layout: member "<ts>:<cum>:<cost>", score = ts = server time in microseconds. <cum> is the running
--- total of costs logged on the key (mod 10^15), so the cost inside the window is one subtraction
--- between the newest entry and the first live one, each found by one O(log n) lookup. Scores
--- strictly increase (a clock step back cannot reorder the log). The log stays bounded by design:
--- admitted costs in a window sum to <= limit, and every write removes up to the 2 oldest entries
--- that can no longer matter (expired, or older than newer entries already summing to >= limit), so
--- a write never grows a log that holds such entries, and nothing is ever removed in bulk. A peek
--- returns the same reply a real call would (dry run). Keys must be distinct: a key given twice
--- would be read and written twice, counting one request double.
+-- Layout: a list, newest entry at the head, entry "<ts>:<cum>:<cost>:<fts>:<fbefore>" with ts =
+-- server time in microseconds (strictly increasing, so a clock step back cannot reorder the log),
+-- cum the running total of costs logged on the key (mod 10^15), and fts, fbefore the time and the
+-- running total before the first entry that was in the window when this one was written. The
+-- cost inside the window is one subtraction: total - fbefore, read from the head alone while that
+-- first entry is still in the window; once it has left, the first live entry is the tail, or is
+-- found from the tail. The log keeps the newest `limit` entries at most: those sum to >= limit already (every
+-- cost is >= 1), so an older entry can only ever be seen beside them, when every request is
+-- refused anyway and the deciding entry lies among them. A write drops at most 64 expired entries
+-- from the tail, and a log whose entries have all left the window is unlinked (freed off the main
+-- thread). A peek returns the same reply a real call would (dry run). Keys must be distinct: a key
+-- given twice would be read and written twice, counting one request double. Before this layout
+-- the log was a sorted set: such a key is unlinked on the first write, and read as empty.
 
 local n = #KEYS
 if n == 0 then
@@ -60,17 +64,28 @@ end
 
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
--- Kept totals stay below 2 * 10^12 + 10^15, far under M, so differences mod M are exact.
+-- Totals kept in a log stay below 2 * 10^12, far under M, so differences mod M are exact.
 local M = 1e15
 local corrupt
 
--- ts, cum, cost of a member; nil for a member this script did not write (or one far ahead).
-local function parse(m)
-  local ts, cum, c = match(m, '^(%d+):(%d+):([1-9]%d*)$')
-  if not ts or #ts > 17 or #cum > 15 or #c > 16 or ts - now > 1e15 then
+-- ts, cum, cost, fts, fbefore of an entry; nil for one this script did not write (or one far
+-- ahead of now). Numbers of any length stay finite: the reply is computed mod M or from ts.
+local function parse(e)
+  local ts, cum, c, fts, fb = match(e, '^(%d+):(%d+):([1-9]%d*):(%d+):(%d+)$')
+  if not ts or #e > 100 or ts - now > 1e15 or fts - ts > 0 then
     return nil
   end
-  return tonumber(ts), tonumber(cum), tonumber(c)
+  return ts + 0, cum + 0, c + 0, fts + 0, fb + 0
+end
+-- The entry m places from the head (0 = newest; negative from the tail), parsed. A missing or
+-- foreign entry marks the key corrupt and reads as an entry at time 0.
+local function at(i, m)
+  local ts, cum, c = parse(redis.call('LINDEX', KEYS[i], m) or '')
+  if not ts then
+    corrupt = corrupt or i
+    return 0, 0, 1
+  end
+  return ts, cum, c
 end
 
 -- Read every key before deciding: nothing is written unless all limits allow.
@@ -83,49 +98,52 @@ for i = 1, n do
   if not window then
     return redis.error_reply('BADARG window_ms[' .. i .. ']: must be an integer 1..1000000000000')
   end
-  window = window * 1000
+  local s = { limit = limit, window = window * 1000, used = 0, total = 0, last = -1, expired = 0 }
+  st[i] = s
   -- Entries at or before lo have left the window.
-  local lo = now - window
+  local lo = now - s.window
   -- pcall on the first touch: Redis 6.2 wraps redis.call errors in "ERR Error running script",
   -- returning the pcall error table hands back Redis' own WRONGTYPE on every version.
-  local head = redis.pcall('ZRANGE', KEYS[i], 0, 1)
-  if head.err then
-    return head
-  end
-  local s = { limit = limit, window = window, used = 0, total = 0, last = -1, head = head, live = false }
-  st[i] = s
-  if head[1] then
-    local ts0, cum0, c0 = parse(head[1])
-    local ts1, cum1 = ts0, cum0
-    if head[2] then
-      ts1, cum1 = parse(head[2])
+  local head = redis.pcall('LINDEX', KEYS[i], 0)
+  if type(head) == 'table' then
+    if redis.call('TYPE', KEYS[i]).ok ~= 'zset' then
+      return head
     end
-    local tsn, cumn = ts1, cum1
-    if head[2] then
-      tsn, cumn = parse(redis.call('ZRANGE', KEYS[i], -1, -1)[1] or '')
-    end
-    if not (ts0 and ts1 and tsn) then
+    s.old = true
+  elseif head then
+    local tsn, cumn, _, fts, fbefore = parse(head)
+    if not tsn then
       corrupt = corrupt or i
+    elseif tsn <= lo then
+      s.last, s.total, s.stale = tsn, cumn, true
     else
-      s.ts0, s.cum0, s.ts1, s.cum1, s.total, s.last = ts0, cum0, ts1, cum1, cumn, tsn
-      -- The first live entry: the oldest, the second oldest, or found by score.
-      local before
-      if tsn <= lo then
-        before = cumn
-      elseif ts0 > lo then
-        before = (cum0 - c0) % M
-      elseif ts1 > lo then
-        before = cum0
-      else
-        local f = redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. fmt('%d', lo), '+inf', 'LIMIT', 0, 1)
-        local _, cumf, cf = parse(f[1] or '')
-        if not cumf then
-          corrupt = corrupt or i
-          cumf, cf = 0, 0
+      s.last, s.total, s.live = tsn, cumn, true
+      if fts <= lo then
+        -- The first live entry has changed: usually the tail, or the one before it.
+        local ts, cum, c = at(i, -1)
+        if ts <= lo then
+          local e = 1
+          ts, cum, c = at(i, -2)
+          if ts <= lo then
+            -- More left the window since the last write: find the last expired one by halves.
+            local hi = redis.call('LLEN', KEYS[i]) - 1
+            e = 2
+            while e < hi do
+              local mid = math.floor((e + hi + 1) / 2)
+              if at(i, -mid) <= lo then
+                e = mid
+              else
+                hi = mid - 1
+              end
+            end
+            ts, cum, c = at(i, -e - 1)
+          end
+          s.expired = e
         end
-        before = (cumf - cf) % M
+        fts, fbefore = ts, (cum - c) % M
       end
-      s.used, s.live = (cumn - before) % M, tsn > lo
+      s.fts, s.fbefore = fts, fbefore
+      s.used = (cumn - fbefore) % M
     end
   end
   if cost > limit then
@@ -135,35 +153,30 @@ for i = 1, n do
   end
 end
 if corrupt then
-  return redis.error_reply('CORRUPT key ' .. corrupt .. ' (log): a member not written by this script')
+  return redis.error_reply('CORRUPT key ' .. corrupt .. ' (log): an entry not written by this script')
 end
 local allowed = never == 0 and refused == 0
 -- A penalty records the refused attempt too, unless it can never fit.
 local record = allowed or (penalty and never == 0)
-local ceil = math.ceil
+local ceil, floor = math.ceil, math.floor
 
 -- The newest stored entry that, with the entries after it, sums to more than `over`: when it
--- leaves the window, a request of this cost fits. Entries cost >= 1, so it lies at most `over`
--- entries back from the newest, and every entry further back qualifies too: a binary search whose
--- first probe is one entry newer than that bound (exact at once when costs are equal).
+-- leaves the window, a request of this cost fits. Every cost is >= 1, so it lies at most `over`
+-- entries from the head, and every entry further back qualifies too: a binary search whose first
+-- probe is one entry newer than that bound (exact at once when costs are equal).
 local function deciding(i, s, over)
-  -- m entries back from the newest (0 = the newest): does it qualify, and its ts.
-  local function probe(m)
-    local ts, cum, c = parse(redis.call('ZRANGE', KEYS[i], -m - 1, -m - 1)[1] or '')
-    if not ts then
-      corrupt = corrupt or i
-      return true, 0
-    end
-    return (s.total - cum + c) % M > over, ts
+  local hi = over
+  local ts = parse(redis.call('LINDEX', KEYS[i], hi) or '')
+  if not ts then
+    hi = math.min(hi, redis.call('LLEN', KEYS[i]) - 1 - s.expired)
+    ts = at(i, hi)
   end
-  local hi = math.min(over, redis.call('ZCARD', KEYS[i]) - 1)
-  local _, ts = probe(hi)
   local lo, guess = 0, true
   while lo < hi do
-    local mid = guess and hi - 1 or math.floor((lo + hi) / 2)
+    local mid = guess and hi - 1 or floor((lo + hi) / 2)
     guess = false
-    local yes, mts = probe(mid)
-    if yes then
+    local mts, cum, c = at(i, mid)
+    if (s.total - cum + c) % M > over then
       hi, ts = mid, mts
     else
       lo = mid + 1
@@ -177,7 +190,7 @@ local reply, wait = { allowed and 1 or 0, (never > 0) and never or refused, 0 },
 for i = 1, n do
   local s = st[i]
   local limit, window, used = s.limit, s.window, s.used
-  local score = math.max(now, s.last + 1)
+  local score = s.last < now and now or s.last + 1
   if record then
     used = used + cost
   end
@@ -200,35 +213,41 @@ for i = 1, n do
   end
   reply[4 * i], reply[4 * i + 1], reply[4 * i + 2], reply[4 * i + 3] =
     limit, used < limit and limit - used or 0, retry, reset
-  s.score, s.reset = score, reset
+  s.score = score
 end
 if corrupt then
-  return redis.error_reply('CORRUPT key ' .. corrupt .. ' (log): a member not written by this script')
+  return redis.error_reply('CORRUPT key ' .. corrupt .. ' (log): an entry not written by this script')
 end
 reply[3] = wait
 
 if record and not peek then
-  local now_ms = math.floor(now / 1000)
   for i = 1, n do
     local s = st[i]
-    local lo, total = now - s.window, (s.total + cost) % M
-    -- Up to the 2 oldest entries go when they can no longer count: expired, or followed by newer
-    -- entries that already sum to >= limit (then every window holding them is full anyway).
-    local drop = 0
-    if s.ts0 and (s.ts0 <= lo or (total - s.cum0) % M >= s.limit) then
-      drop = 1
-      if s.head[2] and (s.ts1 <= lo or (total - s.cum1) % M >= s.limit) then
-        drop = 2
-      end
+    local total, window_ms = (s.total + cost) % M, s.window / 1000
+    if s.old or s.stale then
+      -- Nothing in it counts any more: free it whole, off the main thread.
+      redis.call('UNLINK', KEYS[i])
+    elseif s.expired > 0 then
+      redis.call('LTRIM', KEYS[i], 0, -1 - (s.expired < 64 and s.expired or 64))
     end
-    if drop > 0 then
-      redis.call('ZREMRANGEBYRANK', KEYS[i], 0, drop - 1)
+    -- The first entry in the window after this write: the one found above, or this one.
+    local fts, fbefore = s.fts, s.fbefore
+    if not s.live then
+      fts, fbefore = s.score, s.total
     end
-    -- '%d', not tostring (or a number argument): those switch to exponent notation past 14 digits.
-    local score = fmt('%d', s.score)
-    redis.call('ZADD', KEYS[i], score, score .. fmt(':%d:%d', total, cost))
-    -- The key dies when its newest entry leaves the window, so an idle subject costs nothing.
-    redis.call('PEXPIREAT', KEYS[i], fmt('%d', now_ms + s.reset + 1))
+    -- '%d', not tostring: tostring switches to exponent notation past 14 digits.
+    local len = redis.call('LPUSH', KEYS[i], fmt('%d:%d:%d:%d:%d', s.score, total, cost, fts, fbefore))
+    if len > s.limit then
+      redis.call('LTRIM', KEYS[i], 0, s.limit - 1)
+    end
+    -- The key expires between window + slack and window + 2 slack after its newest entry, and
+    -- only the first write of each slack-long period sets it: entries of one period share it.
+    local slack = floor(window_ms / 8)
+    slack = slack > 10000 and 10000 or (slack < 1 and 1 or slack)
+    local period = floor((floor(s.score / 1000) + window_ms) / slack)
+    if s.last < 0 or s.old or s.stale or floor((floor(s.last / 1000) + window_ms) / slack) ~= period then
+      redis.call('PEXPIREAT', KEYS[i], fmt('%d', (period + 2) * slack))
+    end
   end
 end
 return reply
