@@ -234,7 +234,7 @@ fn fill(r: &mut Rng, pipe: &mut redis::Pipeline, key: &str, now: i64, role: &str
         }
         6 => {
             // A stream with a group and entries pending for c1 (sometimes with a huge count).
-            let fields = if r.chance(5) { 4000 } else { 1 + r.below(3) };
+            let fields = if r.chance(5) { 1001 } else { 1 + r.below(3) };
             for id in 1..=4 {
                 let mut c = redis::cmd("XADD");
                 c.arg(key).arg(format!("{id}-1"));
