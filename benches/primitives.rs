@@ -1,9 +1,11 @@
-//! `cargo bench --bench primitives [-- --runs N --ops-c1 N --ops-c64 N --out FILE]`: starts a
-//! private redis-server (no persistence), runs the suite and writes BENCHMARKS.md.
+//! The benchmark suite (see `suite/`).
+//!
+//! - `cargo bench --bench primitives [-- --runs N --ops-c1 N --ops-c64 N --out FILE]`: starts a
+//!   private redis-server (no persistence), runs the suite and writes BENCHMARKS.md.
+//! - `cargo test` runs this binary too (`test = true` in Cargo.toml), without `--bench`: a smoke
+//!   run of every case with a few operations, checking that the report is complete. Figures are
+//!   not asserted there: speed is measured by `cargo bench`, never in tests.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-#[path = "suite/mod.rs"]
 mod suite;
 
 fn arg(name: &str) -> Option<String> {
@@ -12,17 +14,43 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() {
-    let config = suite::Config {
-        runs: arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(5),
-        ops_c1: arg("--ops-c1").and_then(|v| v.parse().ok()).unwrap_or(3_000),
-        ops_c64: arg("--ops-c64").and_then(|v| v.parse().ok()).unwrap_or(20_000),
+    // cargo bench passes --bench; cargo test does not.
+    let full = std::env::args().any(|a| a == "--bench");
+    let config = if full {
+        suite::Config {
+            runs: arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(5),
+            ops_c1: arg("--ops-c1").and_then(|v| v.parse().ok()).unwrap_or(3_000),
+            ops_c64: arg("--ops-c64").and_then(|v| v.parse().ok()).unwrap_or(20_000),
+        }
+    } else {
+        suite::Config { runs: 1, ops_c1: 200, ops_c64: 128 }
     };
-    let out = arg("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md").into());
-    let server = common::Server::start();
+    let server = harness::Server::start();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = runtime.block_on(suite::run(&server.client(), config));
+    if full {
+        let out =
+            arg("--out").unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md").into());
+        let md = report.to_markdown();
+        print!("{md}");
+        std::fs::write(&out, md).unwrap();
+        eprintln!("wrote {out}");
+    } else {
+        smoke(&report);
+        println!("benchmark smoke run: {} cases, report complete", suite::cases().len());
+    }
+}
+
+/// What the smoke run checks: every case ran, for each variant, and the report renders it.
+fn smoke(report: &suite::Report) {
+    assert_eq!(report.rows.len(), suite::cases().len() * 2);
+    assert!(report.rows.iter().all(|r| r.ours[0].ops_per_sec > 0.0 && r.raw[0].ops_per_sec > 0.0));
+    assert!(report.batch[0].0 > 0.0 && report.batch[0].1 > 0.0);
     let md = report.to_markdown();
-    print!("{md}");
-    std::fs::write(&out, md).unwrap();
-    eprintln!("wrote {out}");
+    for case in suite::cases() {
+        assert!(md.contains(case.name), "{} missing from the report", case.name);
+    }
+    assert!(md.contains("## Memory") && md.contains("GCRA, limit 100"));
+    // Each primitive's server cost was measured (the script ran).
+    assert!(report.server_cost.iter().all(|(_, usec)| *usec > 0.0), "{:?}", report.server_cost);
 }

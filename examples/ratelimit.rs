@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, Request, SlidingWindow};
+use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, Request, SlidingWindow, Subject};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,9 +35,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Per user and per tenant at once: nothing is consumed unless both allow.
     let per_user = RateLimiter::new("user", SlidingWindow::new(5, Duration::from_secs(1))?)?;
     let per_tenant = RateLimiter::new("tenant", SlidingWindow::new(2, Duration::from_secs(60))?)?;
-    let both = MultiLimit::new(subject.as_str())?.with(&per_user, "alice")?.with(&per_tenant, "")?;
+    // Built once; per call, the subjects: alice inside the tenant, and the tenant itself (one
+    // hash tag for both keys, so the call also works on a cluster).
+    let both = MultiLimit::new().with(per_user).with(per_tenant);
+    let subjects = [Subject::new("alice").in_scope(&subject), Subject::new(&subject)];
     for i in 1..=3 {
-        let d = both.check(&mut con, 1).await?;
+        let d = both.check(&mut con, subjects, 1).await?;
         println!(
             "multi {i}: allowed {} refused by {:?} retry after {:?}",
             d.allowed, d.refused_by, d.retry_after
@@ -46,6 +49,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     api.reset(&mut con, &subject).await?;
     login.reset(&mut con, &subject).await?;
-    both.reset(&mut con).await?;
+    both.reset(&mut con, subjects).await?;
     Ok(())
 }

@@ -70,7 +70,7 @@ impl Rule {
 
 /// The rule for the whole bundle and the Rust API.
 pub fn rule() -> Result<Rule> {
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     let mut commands: BTreeSet<String> =
         CLIENT_COMMANDS.iter().chain(STREAM_COMMANDS).map(|c| (*c).to_owned()).collect();
     let mut key_patterns = BTreeSet::new();

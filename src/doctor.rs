@@ -11,14 +11,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-
 use crate::script::{self, contract::parse_version};
-use crate::{Error, Result};
+use crate::{Result, cluster};
 
 /// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "lowercase"))]
 pub enum Status {
     /// Fine.
     Ok,
@@ -29,7 +27,8 @@ pub enum Status {
 }
 
 /// One check on one node.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Check {
     /// `host:port`.
     pub node: String,
@@ -42,7 +41,8 @@ pub struct Check {
 }
 
 /// Every check, in order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Report {
     /// The URL diagnosed.
     pub url: String,
@@ -83,7 +83,8 @@ impl Report {
         out
     }
 
-    /// The report as JSON.
+    /// The report as JSON (with the `serde` feature).
+    #[cfg(feature = "serde")]
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
@@ -94,7 +95,7 @@ pub fn diagnose(url: &str) -> Result<Report> {
     let client = redis::Client::open(url)?;
     let mut con = client.get_connection_with_timeout(std::time::Duration::from_secs(5))?;
     let info = Info::read(&mut con, "server")?;
-    let cluster = info.get("redis_mode") == Some("cluster");
+    let cluster = info.get("redis_mode") == Some("cluster") || info.get("server_mode") == Some("cluster");
     let mut checks = Vec::new();
     if cluster {
         let state: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con)?;
@@ -110,7 +111,7 @@ pub fn diagnose(url: &str) -> Result<Report> {
             },
         });
         let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con)?;
-        for (host, port) in cluster_nodes(&slots)? {
+        for (host, port) in cluster::nodes(&cluster::slot_ranges(&slots)?) {
             let node = format!("{host}:{port}");
             let mut info = client.get_connection_info().clone();
             info = info.set_addr(redis::ConnectionAddr::Tcp(host, port));
@@ -131,26 +132,6 @@ pub fn diagnose(url: &str) -> Result<Report> {
         checks.extend(node_checks(&node, &mut con)?);
     }
     Ok(Report { url: url.to_owned(), cluster, checks })
-}
-
-/// Every node (primaries and replicas) in a CLUSTER SLOTS reply.
-fn cluster_nodes(slots: &redis::Value) -> Result<Vec<(String, u16)>> {
-    let bad = || Error::unexpected("CLUSTER SLOTS", format!("{slots:?}"));
-    let redis::Value::Array(ranges) = slots else { return Err(bad()) };
-    let mut nodes = Vec::new();
-    for range in ranges {
-        let redis::Value::Array(parts) = range else { return Err(bad()) };
-        for node in parts.iter().skip(2) {
-            let redis::Value::Array(n) = node else { return Err(bad()) };
-            let host: String = n.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
-            let port: u16 = n.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
-            if !nodes.contains(&(host.clone(), port)) {
-                nodes.push((host, port));
-            }
-        }
-    }
-    nodes.sort();
-    Ok(nodes)
 }
 
 /// `INFO` as a map.
@@ -185,7 +166,7 @@ fn node_checks(node: &str, con: &mut redis::Connection) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
 
     // Server version against every script's @min-server.
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     let version = info.get("redis_version").unwrap_or("unknown").to_owned();
     let too_new: Vec<String> = bundle
         .iter()

@@ -50,11 +50,13 @@ pub enum Error {
         message: String,
     },
 
-    /// The reply does not have the shape the script's contract promises.
-    #[error("unexpected reply from {script}: {detail}")]
+    /// The reply does not have the shape the script's contract (or the command) promises, or is
+    /// not valid protocol at all: the server is not a Redis we can trust with this call (a proxy
+    /// or a fake answering garbage, a version that replies differently).
+    #[error("unexpected reply from {command}: {detail}")]
     UnexpectedReply {
-        /// The script's `@name`.
-        script: String,
+        /// The script's `@name`, or the command.
+        command: String,
         /// What was expected and what arrived.
         detail: String,
     },
@@ -82,14 +84,22 @@ pub enum Error {
     #[error("compute failed: {0}")]
     Compute(#[source] Box<dyn std::error::Error + Send + Sync>),
 
-    /// Waiting (for a lease, a lock, a permit) took longer than the caller allowed.
+    /// The call did not finish within the time the caller allowed (a timeout argument, or the
+    /// primitive's default deadline): waiting for a lease, lock or permit, or a server that did
+    /// not answer in time. A call cut short may have run on the server.
     #[error("timed out: {0}")]
     Timeout(String),
 
-    /// No script of that name is in the bundle, or the bundle itself is malformed.
+    /// A script built with [`Script::from_source`](crate::script::Script::from_source) is
+    /// malformed, or no embedded script has that name.
     #[error("script bundle: {0}")]
     Bundle(String),
 }
+
+/// Server error codes that say "not now" rather than "never": the same call may succeed once
+/// the cluster settles, the dataset is loaded, a failover completes or a running script ends.
+const TRANSIENT_CODES: &[&str] =
+    &["TRYAGAIN", "CLUSTERDOWN", "LOADING", "MASTERDOWN", "READONLY", "BUSY", "MOVED", "ASK"];
 
 impl Error {
     /// True for a lost, refused or timed-out connection.
@@ -97,12 +107,34 @@ impl Error {
         matches!(self, Error::Connection(_))
     }
 
-    /// True when Redis refused by ACL: the command itself (NOPERM), or a command a script called
-    /// (Redis 7 reports that as "The user executing the script can't run this command").
+    /// True when the same call may succeed if tried again later: a connection error, or a server
+    /// error that is about the moment, not the call (`TRYAGAIN`, `CLUSTERDOWN`, `LOADING`,
+    /// `MASTERDOWN`, `READONLY` right after a failover, `BUSY` while a script runs, a redirect).
+    /// Every retry loop of this crate (lock and semaphore acquire, the cache's wait for a fill,
+    /// the stream worker) retries exactly these errors, and nothing else.
+    ///
+    /// ```
+    /// use redis_primitives::Error;
+    /// assert!(!Error::InvalidArgument { name: "ttl", reason: "zero".into() }.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connection(_) => true,
+            Error::Redis(e) => e.code().is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+            _ => false,
+        }
+    }
+
+    /// True when the server refused by ACL: the command itself (NOPERM), or a command a script
+    /// called (Redis 7: "The user executing the script can't run this command"; Valkey:
+    /// "ACL failure in script: User … has no permissions to run the '…' command").
     pub fn is_permission_denied(&self) -> bool {
         match self {
             Error::Redis(e) => {
-                e.code() == Some("NOPERM") || e.detail().is_some_and(|d| d.contains("can't run this command"))
+                e.code() == Some("NOPERM")
+                    || e.detail().is_some_and(|d| {
+                        d.contains("can't run this command") || d.contains("has no permissions to run")
+                    })
             }
             _ => false,
         }
@@ -112,18 +144,29 @@ impl Error {
         Error::InvalidArgument { name, reason: reason.into() }
     }
 
-    pub(crate) fn unexpected(script: &str, detail: impl Into<String>) -> Self {
-        Error::UnexpectedReply { script: script.to_owned(), detail: detail.into() }
+    pub(crate) fn unexpected(command: &str, detail: impl Into<String>) -> Self {
+        Error::UnexpectedReply { command: command.to_owned(), detail: detail.into() }
     }
 }
 
+/// Sorted by what the error is: a broken connection, a reply that is not what was asked for
+/// (unparseable, or of another type), or the server's own error reply.
 impl From<RedisError> for Error {
     fn from(err: RedisError) -> Self {
-        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() || err.is_timeout()
-        {
-            Error::Connection(err)
-        } else {
-            Error::Redis(err)
+        use redis::ErrorKind;
+        match err.kind() {
+            ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
+                Error::UnexpectedReply { command: "redis".into(), detail: err.to_string() }
+            }
+            _ if err.is_io_error()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || err.is_timeout()
+                || err.kind() == ErrorKind::ClusterConnectionNotFound =>
+            {
+                Error::Connection(err)
+            }
+            _ => Error::Redis(err),
         }
     }
 }

@@ -24,14 +24,21 @@
 
 pub mod acl;
 pub mod cache;
+pub mod cluster;
 pub mod doctor;
 mod error;
+pub(crate) mod flow;
 pub mod lock;
 pub mod ratelimit;
+pub mod rules;
 pub mod script;
 pub mod stream;
+pub(crate) mod telemetry;
 
 pub use error::{Error, Result};
+/// The `redis` crate this one is built on, so a service uses the same version and features
+/// without matching them by hand: `redis_primitives::redis::Client`.
+pub use redis;
 
 /// The README's examples compile as doctests, so they cannot drift from the API.
 #[cfg(doctest)]

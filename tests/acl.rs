@@ -47,8 +47,9 @@ async fn every_primitive_works_as_a_user_restricted_to_the_printed_rule() {
     sw.reset(&mut con, "u").await.unwrap();
     let g = RateLimiter::new("g", Gcra::new(5, Duration::from_secs(1)).unwrap()).unwrap();
     assert!(g.check_blocking(&mut blocking, "u", 1).unwrap().allowed);
-    let m = MultiLimit::new("t").unwrap().with(&sw, "u").unwrap();
-    assert!(m.check(&mut con, 1).await.unwrap().allowed);
+    let sw2 = RateLimiter::new("api2", SlidingWindow::new(2, Duration::from_secs(60)).unwrap()).unwrap();
+    let m = MultiLimit::new().with(sw.clone()).with(sw2);
+    assert!(m.check(&mut con, ["u", "u"], 1).await.unwrap().allowed);
 
     let r = unique("res");
     for name in ["lock.acquire", "lock.extend", "lock.release"] {

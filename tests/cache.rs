@@ -6,19 +6,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Server, unique};
+use common::{Server, shared_cluster, unique};
 use redis_primitives::Error;
 use redis_primitives::cache::{Cache, Entry, Stored};
 use redis_primitives::script;
-
-fn shared_cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
 
 const MINUTE: Duration = Duration::from_secs(60);
 

@@ -24,7 +24,7 @@ fn list_names_every_script_with_its_sha1() {
     let o = cli(&["scripts", "list"]);
     assert!(o.status.success());
     let out = stdout(&o);
-    for s in script::bundle().unwrap().iter() {
+    for s in script::bundle().iter() {
         assert!(
             out.lines().any(|l| l.starts_with(s.name()) && l.contains(s.sha1())),
             "{} missing:\n{out}",
@@ -77,7 +77,7 @@ fn export_writes_files_whose_sha1s_match_the_manifest() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     let entries = manifest["scripts"].as_array().unwrap();
-    assert_eq!(entries.len(), script::bundle().unwrap().len());
+    assert_eq!(entries.len(), script::bundle().len());
     for e in entries {
         let bytes = std::fs::read(dir.join(e["file"].as_str().unwrap())).unwrap();
         assert_eq!(sha1_smol::Sha1::from(&bytes).digest().to_string(), e["sha1"].as_str().unwrap());
@@ -91,7 +91,7 @@ fn load_preloads_a_standalone_server() {
     let o = cli(&["scripts", "load", "--url", &server.url()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = stdout(&o);
-    let bundle = script::bundle().unwrap();
+    let bundle = script::bundle();
     assert_eq!(out.lines().count(), bundle.len());
     for s in bundle.iter() {
         assert!(out.contains(&format!("{}  {}", s.sha1(), s.name())));

@@ -4,17 +4,9 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
-use common::{Cluster, unique};
+use common::{Cluster, shared_cluster, unique};
 use redis::Value;
 use redis_primitives::script::{self, Batch, Invocation, Reply, ScriptCall};
-
-/// Shared by the tests that do not disturb the cluster.
-fn shared() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
 
 struct Acquire(String);
 
@@ -45,11 +37,11 @@ fn exists_on(cluster: &Cluster, port: u16, name: &str) -> bool {
 
 #[tokio::test]
 async fn preload_reports_every_primary() {
-    let cluster = shared();
+    let cluster = shared_cluster();
     let mut con = cluster.client().get_async_connection().await.unwrap();
     let reports = script::preload_cluster(&mut con).await.unwrap();
     assert_eq!(reports.len(), 3, "{reports:?}");
-    let n = script::bundle().unwrap().len();
+    let n = script::bundle().len();
     for r in &reports {
         assert_eq!(r.outcome.as_ref().ok(), Some(&n), "{}: {:?}", r.node, r.outcome);
         let port: u16 = r.node.rsplit(':').next().unwrap().parse().unwrap();
@@ -59,7 +51,7 @@ async fn preload_reports_every_primary() {
 
 #[tokio::test]
 async fn calls_across_many_slots_recover_from_noscript_on_each_node() {
-    let cluster = shared();
+    let cluster = shared_cluster();
     let mut con = cluster.client().get_async_connection().await.unwrap();
     // Empty every node's cache so each primary must recover by itself.
     for n in &cluster.nodes {
@@ -80,7 +72,7 @@ async fn calls_across_many_slots_recover_from_noscript_on_each_node() {
 
 #[tokio::test]
 async fn single_slot_batch_recovers_on_a_cluster() {
-    let cluster = shared();
+    let cluster = shared_cluster();
     let mut con = cluster.client().get_async_connection().await.unwrap();
     let tag = unique("batch");
     let key = format!("lock:{{{tag}}}");
@@ -154,7 +146,7 @@ async fn failover_to_a_replica_with_an_empty_script_cache_is_recovered() {
 
 #[tokio::test]
 async fn a_batch_across_many_slots_goes_out_as_one_pipeline_per_slot() {
-    let cluster = shared();
+    let cluster = shared_cluster();
     let mut con = cluster.client().get_async_connection().await.unwrap();
     for n in &cluster.nodes {
         let _: String = n.cmd(&["SCRIPT", "FLUSH"]);

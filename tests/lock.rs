@@ -6,10 +6,10 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Server, unique};
+use common::{Server, shared_cluster, unique};
 use redis::aio::ConnectionLike;
 use redis_primitives::Error;
 use redis_primitives::lock::call::{LockExtend, LockRelease, SemaphoreExtend, SemaphoreRelease};
@@ -20,12 +20,6 @@ use redis_primitives::lock::{
 use redis_primitives::script::ScriptCall;
 
 const MS: Duration = Duration::from_millis(1);
-
-/// Shared by every cluster test; none of them disturbs the cluster.
-fn cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
 
 /// Short waits: holds last about a millisecond, so long sleeps would leave the lock idle.
 fn fast() -> Backoff {
@@ -132,7 +126,7 @@ async fn mutual_exclusion_oracle_standalone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_exclusion_oracle_cluster() {
-    let cluster = cluster();
+    let cluster = shared_cluster();
     let client = cluster.client();
     let mut cons = Vec::new();
     for _ in 0..16 {
@@ -261,7 +255,7 @@ fn paused_holder_is_refused_by_the_fenced_write_blocking() {
 
 #[tokio::test]
 async fn paused_holder_is_refused_by_the_fenced_write_cluster() {
-    let client = cluster().client();
+    let client = shared_cluster().client();
     let (mut a, mut b) =
         (client.get_async_connection().await.unwrap(), client.get_async_connection().await.unwrap());
     let lock = Lock::new(&unique("paused-cluster"), 200 * MS).unwrap();
@@ -316,7 +310,7 @@ async fn a_wrong_token_cannot_release_or_extend_and_double_release_is_harmless()
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     wrong_tokens(&mut con, client.get_multiplexed_async_connection().await.unwrap()).await;
 
-    let client = cluster().client();
+    let client = shared_cluster().client();
     let mut con = client.get_async_connection().await.unwrap();
     wrong_tokens(&mut con, client.get_async_connection().await.unwrap()).await;
 }
@@ -366,7 +360,7 @@ async fn bad_input_is_refused_before_sending() {
 #[test]
 fn keys_share_one_slot() {
     let keys = LockKeys::new(&unique("slot")).unwrap();
-    let node = &cluster().nodes[0];
+    let node = &shared_cluster().nodes[0];
     let slot = |k: &str| node.cmd::<i64>(&["CLUSTER", "KEYSLOT", k]);
     let s = slot(keys.lock());
     assert!([keys.fence(), keys.data(), keys.seen()].iter().all(|k| slot(k) == s));
@@ -483,7 +477,7 @@ fn an_abandoned_lease_frees_after_its_ttl() {
 
 #[tokio::test]
 async fn semaphore_on_the_cluster() {
-    let client = cluster().client();
+    let client = shared_cluster().client();
     let mut con = client.get_async_connection().await.unwrap();
     let sem = Semaphore::new(&unique("sem-cluster"), 2, 300 * MS).unwrap();
     let a = acquired(sem.try_acquire(&mut con).await.unwrap());

@@ -4,36 +4,29 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Server, unique};
+use common::{Server, shared_cluster, unique};
 use redis::Value;
 use redis_primitives::Error;
-use redis_primitives::ratelimit::{Algorithm, Gcra, MultiLimit, RateLimiter, Request, SlidingWindow};
+use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, Request, SlidingWindow, Subject};
 use redis_primitives::script::{self, Batch};
-
-fn shared_cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn window(limit: u64, w: Duration) -> RateLimiter<SlidingWindow> {
+fn window(limit: u64, w: Duration) -> RateLimiter {
     RateLimiter::new(unique("sw"), SlidingWindow::new(limit, w).unwrap()).unwrap()
 }
 
-fn gcra(rate: u64, period: Duration) -> RateLimiter<Gcra> {
+fn gcra(rate: u64, period: Duration) -> RateLimiter {
     RateLimiter::new(unique("gcra"), Gcra::new(rate, period).unwrap()).unwrap()
 }
 
 /// 64 tasks over `conns` distinct connections send 2,000 requests for one subject; returns how
 /// many were admitted.
-async fn storm<A, C>(limiter: &RateLimiter<A>, conns: Vec<C>, subject: &str) -> u64
+async fn storm<C>(limiter: &RateLimiter, conns: Vec<C>, subject: &str) -> u64
 where
-    A: Algorithm + 'static,
     C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
 {
     let admitted = std::sync::Arc::new(AtomicU64::new(0));
@@ -89,8 +82,8 @@ async fn exactly_the_limit_is_admitted_under_concurrency_on_a_cluster() {
 }
 
 /// Hammers every 10 ms for `for_`; returns the number admitted.
-async fn hammer<A: Algorithm>(
-    limiter: &RateLimiter<A>,
+async fn hammer(
+    limiter: &RateLimiter,
     con: &mut redis::aio::MultiplexedConnection,
     subject: &str,
     request: Request,
@@ -252,34 +245,102 @@ where
     let per_user = window(10, HOUR);
     let per_tenant = window(3, HOUR);
     let scope = unique("tenant");
-    let m = MultiLimit::new(scope.as_str())
-        .unwrap()
-        .with(&per_user, "u1")
-        .unwrap()
-        .with(&per_tenant, "")
-        .unwrap();
+    let subjects = [Subject::new("u1").in_scope(&scope), Subject::new(&scope)];
+    let m = MultiLimit::new().with(per_user.clone()).with(per_tenant);
     for i in 0..3 {
-        let d = m.check(&mut con, 1).await.unwrap();
+        let d = m.check(&mut con, subjects, 1).await.unwrap();
         assert!(d.allowed && d.refused_by.is_none(), "call {i}: {d:?}");
     }
-    let d = m.check(&mut con, 1).await.unwrap();
+    let d = m.check(&mut con, subjects, 1).await.unwrap();
     assert!(!d.allowed);
     assert_eq!(d.refused_by, Some(1), "the tenant limit refused");
     assert!(d.retry_after > Duration::ZERO);
     assert_eq!(d.limits[0].remaining, 7, "the user limit was not consumed by the refused call");
     assert!(d.limits[0].allowed && !d.limits[1].allowed);
-    // A peek of the user limit alone confirms it still has 7.
-    let user_only = MultiLimit::new(scope.as_str()).unwrap().with(&per_user, "u1").unwrap();
-    assert_eq!(user_only.peek(&mut con, 1).await.unwrap().limits[0].remaining, 6);
+    // A peek of the user limit alone (the same key) confirms it still has 7.
+    assert_eq!(per_user.peek(&mut con, subjects[0], 1).await.unwrap().remaining, 6);
 
     let g1 = gcra(10, HOUR);
     let g2 = gcra(2, HOUR);
-    let mg = MultiLimit::new(scope.as_str()).unwrap().with(&g1, "u1").unwrap().with(&g2, "").unwrap();
-    assert!(mg.check(&mut con, 2).await.unwrap().allowed);
-    let d = mg.check(&mut con, 1).await.unwrap();
+    let mg = MultiLimit::new().with(g1).with(g2);
+    assert!(mg.check(&mut con, subjects, 2).await.unwrap().allowed);
+    let d = mg.check(&mut con, subjects, 1).await.unwrap();
     assert_eq!((d.allowed, d.refused_by, d.limits[0].remaining), (false, Some(1), 8));
-    mg.reset(&mut con).await.unwrap();
-    assert!(mg.check(&mut con, 2).await.unwrap().allowed);
+    mg.reset(&mut con, subjects).await.unwrap();
+    assert!(mg.check(&mut con, subjects, 2).await.unwrap().allowed);
+}
+
+/// A budget is one budget: checking a limiter alone or inside a MultiLimit spends the same key.
+async fn one_budget_whichever_api_checks_it<C>(mut con: C)
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let per_user = window(5, HOUR);
+    let per_tenant = window(100, HOUR);
+    let tenant = unique("t");
+    let ann = Subject::new("ann").in_scope(&tenant);
+    let both = MultiLimit::new().with(per_user.clone()).with(per_tenant.clone());
+    assert_eq!(both.keys([ann, Subject::new(&tenant)]).unwrap()[0], per_user.key(ann).unwrap());
+    for _ in 0..3 {
+        assert!(per_user.check(&mut con, ann, 1).await.unwrap().allowed);
+    }
+    let d = both.check(&mut con, [ann, Subject::new(&tenant)], 2).await.unwrap();
+    assert!(d.allowed);
+    assert_eq!(d.limits[0].remaining, 0, "the 3 single checks and this call share one budget of 5");
+    assert!(!per_user.check(&mut con, ann, 1).await.unwrap().allowed);
+    // Unscoped subjects are their own tag: a single-subject MultiLimit is the limiter alone.
+    let alone = MultiLimit::new().with(per_tenant.clone());
+    alone.check(&mut con, [tenant.as_str()], 7).await.unwrap();
+    // A peek reports what would remain after its own cost of 1.
+    assert_eq!(per_tenant.peek(&mut con, &tenant, 1).await.unwrap().remaining, 100 - 2 - 7 - 1);
+}
+
+#[tokio::test]
+async fn one_budget_whichever_api_checks_it_standalone_and_cluster() {
+    let server = Server::start();
+    one_budget_whichever_api_checks_it(server.client().get_multiplexed_async_connection().await.unwrap())
+        .await;
+    one_budget_whichever_api_checks_it(shared_cluster().client().get_async_connection().await.unwrap()).await;
+}
+
+#[test]
+fn key_layouts_cannot_collide() {
+    let sw = |name: &str| RateLimiter::new(name, SlidingWindow::new(1, HOUR).unwrap());
+    // The collision of the old layout: limiter `b:c` for subject `a`, and limiter `b` for
+    // subject `c` in scope `a`, both spelled rl:{a}:b:c. A `:` in a name is refused now.
+    assert!(sw("b:c").is_err());
+    assert_eq!(sw("b").unwrap().key(Subject::new("c").in_scope("a")).unwrap(), "rl:{a}:b:c");
+    // A `}` would end the hash tag early and let the tag's tail pass for a name.
+    assert!(sw("b").unwrap().key("a}:x").is_err());
+    assert!(sw("b").unwrap().key(Subject::new("c").in_scope("a}")).is_err());
+    // Generated (scope, name, subject) triples: distinct triples give distinct keys.
+    let parts = ["a", "b", "a:b", "x{y", "", "c"];
+    let mut seen = std::collections::HashMap::new();
+    for name in ["a", "b", "c", "ab"] {
+        let limiter = sw(name).unwrap();
+        for id in parts {
+            for scope in [None, Some("a"), Some("b"), Some("a:b")] {
+                let subject = match scope {
+                    None => Subject::new(id),
+                    Some(s) => Subject::new(id).in_scope(s),
+                };
+                if let Ok(key) = limiter.key(subject)
+                    && let Some(other) = seen.insert(key.clone(), (name, id, scope))
+                {
+                    panic!("{key} is both {other:?} and {:?}", (name, id, scope));
+                }
+            }
+        }
+    }
+    assert!(seen.len() > 40);
+}
+
+#[tokio::test]
+async fn a_multi_limit_needs_one_hash_tag() {
+    let both = MultiLimit::new().with(window(5, HOUR)).with(window(5, HOUR));
+    let err = both.check_call(["ann", "bob"], 1).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { name: "subjects", .. }), "{err}");
+    assert!(both.check_call(["ann"], 1).is_err(), "one subject per limiter");
 }
 
 #[tokio::test]
@@ -363,7 +424,7 @@ fn bad_parameters_are_refused_before_sending() {
         Err(Error::InvalidArgument { name: "name", .. })
     ));
     assert!(matches!(
-        MultiLimit::<SlidingWindow>::new(""),
+        MultiLimit::new().with(sw.clone()).check_call([Subject::new("u").in_scope("")], 1),
         Err(Error::InvalidArgument { name: "scope", .. })
     ));
 }

@@ -15,7 +15,7 @@ use common::{Server, unique};
 use redis_primitives::Error;
 use redis_primitives::cache::{Cache, Entry, Stored};
 use redis_primitives::lock::{Acquire, FencedWrite, Lock, Semaphore};
-use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow};
+use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow, Subject};
 use redis_primitives::script;
 use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
 
@@ -49,7 +49,7 @@ async fn every_primitive_runs_on_redis_6_2() {
     assert!(version.contains("redis_version:6.2"), "not a 6.2 server");
     let client = server.client();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    assert_eq!(script::preload_async(&mut con).await.unwrap(), script::bundle().unwrap().len());
+    assert_eq!(script::preload_async(&mut con).await.unwrap(), script::bundle().len());
 
     // Rate limits, including peeks (EVALSHA_RO is unknown on 6.2: the loader falls back).
     let sw = RateLimiter::new(unique("sw"), SlidingWindow::new(2, Duration::from_secs(60)).unwrap()).unwrap();
@@ -63,8 +63,10 @@ async fn every_primitive_runs_on_redis_6_2() {
     }
     assert!(!sw.check(&mut con, "u", 1).await.unwrap().allowed);
     assert!(!g.check(&mut con, "u", 1).await.unwrap().allowed);
-    let m = MultiLimit::new(unique("t")).unwrap().with(&sw, "a").unwrap().with(&sw, "b").unwrap();
-    assert!(m.check(&mut con, 1).await.unwrap().allowed);
+    let scope = unique("t");
+    let m = MultiLimit::new().with(sw.clone()).with(sw.clone());
+    let subjects = [Subject::new("a").in_scope(&scope), Subject::new("b").in_scope(&scope)];
+    assert!(m.check(&mut con, subjects, 1).await.unwrap().allowed);
     // A key of another type is still a typed error (6.2 wraps WRONGTYPE differently).
     let _: () = server.cmd(&["SET", &sw.key("x").unwrap(), "v"]);
     assert!(matches!(sw.check(&mut con, "x", 1).await, Err(Error::WrongType { .. })));

@@ -7,10 +7,10 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Server, unique};
+use common::{Server, shared_cluster, unique};
 use redis::aio::ConnectionLike;
 use redis::{Cmd, RedisFuture, Value};
 use redis_primitives::Error;
@@ -19,11 +19,6 @@ use redis_primitives::stream::{
     Connector, DeadLettered, Delivery, Fields, Producer, Report, Retention, Retirement, Shutdown, StartFrom,
     Stream, StreamMessage, Worker, WorkerOptions,
 };
-
-fn shared_cluster() -> &'static Cluster {
-    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(Cluster::start)
-}
 
 /// A producing / inspecting connection to either kind of deployment.
 #[derive(Clone)]

@@ -101,7 +101,7 @@ async fn primitives_work_over_rediss() {
     };
     let client = redis::Client::build_with_tls(format!("rediss://127.0.0.1:{tls_port}/"), certs).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    assert_eq!(script::preload_async(&mut con).await.unwrap(), script::bundle().unwrap().len());
+    assert_eq!(script::preload_async(&mut con).await.unwrap(), script::bundle().len());
     let limiter = RateLimiter::new("tls", SlidingWindow::new(1, Duration::from_secs(60)).unwrap()).unwrap();
     assert!(limiter.check(&mut con, "u", 1).await.unwrap().allowed);
     assert!(!limiter.check(&mut con, "u", 1).await.unwrap().allowed);

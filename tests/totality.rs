@@ -463,7 +463,7 @@ fn run_all(server: &Server, label: &str) {
     let _: () =
         redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(100_000).query(&mut con).unwrap();
     let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut con).unwrap();
-    for (i, s) in script::bundle().unwrap().iter().enumerate() {
+    for (i, s) in script::bundle().iter().enumerate() {
         let report = run_script(server, s, i as u64, label);
         eprintln!("{label} {}: {} calls, error replies {:?}", s.name(), report.calls, report.errors);
         assert_eq!(report.calls, CALLS);

@@ -1,10 +1,9 @@
-//! The benchmark suite, shared by `cargo bench` (benches/primitives.rs, full run, writes
-//! BENCHMARKS.md) and a smoke test (tests/bench_smoke.rs, a few operations) so it cannot rot.
+//! The benchmark suite, run in full by `cargo bench` and as a smoke run by `cargo test` (see
+//! `benches/primitives.rs`).
 //!
 //! For each primitive, three variants run side by side in one process against one private
 //! redis-server: our API, a raw redis-rs EVALSHA of the same script with the same arguments,
 //! and the hand-rolled baseline a user would write without this crate.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::aio::MultiplexedConnection;
 use redis_primitives::cache::Cache;
 use redis_primitives::lock::{Acquire, Lock, Semaphore};
-use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow};
+use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, SlidingWindow, Subject};
 use redis_primitives::script::{self, Batch, ScriptCall};
 use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
 
@@ -116,8 +115,6 @@ pub struct Case {
     pub ours: Op,
     pub raw: Op,
     pub baseline: Option<(&'static str, Op)>,
-    /// Round trips one operation of ours makes (by construction, checked in the smoke test).
-    pub round_trips: u32,
 }
 
 fn now_ms() -> u64 {
@@ -182,7 +179,6 @@ pub fn cases() -> Vec<Case> {
                 let _: redis::Value = p.query_async(&mut c).await.unwrap();
             }),
         )),
-        round_trips: 1,
     });
 
     cases.push(Case {
@@ -215,23 +211,20 @@ pub fn cases() -> Vec<Case> {
                 let _: redis::Value = p.query_async(&mut c).await.unwrap();
             }),
         )),
-        round_trips: 1,
     });
 
     cases.push(Case {
         name: "multi-limit check (2 GCRA)",
         ours: op({
-            let (user, tenant) = (user.clone(), tenant.clone());
+            // Built once and stored, as a service does; the subjects come per call.
+            let both = MultiLimit::new().with((*user).clone()).with((*tenant).clone());
             move |mut c, t, _| {
-                let (user, tenant) = (user.clone(), tenant.clone());
+                let both = both.clone();
                 async move {
-                    let m = MultiLimit::new(format!("t{t}"))
-                        .unwrap()
-                        .with(&user, "u")
-                        .unwrap()
-                        .with(&tenant, "")
+                    let scope = format!("t{t}");
+                    both.check(&mut c, [Subject::new("u").in_scope(&scope), Subject::new(&scope)], 1)
+                        .await
                         .unwrap();
-                    m.check(&mut c, 1).await.unwrap();
                 }
             }
         }),
@@ -257,7 +250,6 @@ pub fn cases() -> Vec<Case> {
                 let _: redis::Value = p.query_async(&mut c).await.unwrap();
             }),
         )),
-        round_trips: 1,
     });
 
     cases.push(Case {
@@ -312,7 +304,6 @@ pub fn cases() -> Vec<Case> {
                 }
             }),
         )),
-        round_trips: 2,
     });
 
     cases.push(Case {
@@ -338,7 +329,6 @@ pub fn cases() -> Vec<Case> {
             let _: redis::Value = rel.query_async(&mut c).await.unwrap();
         }),
         baseline: None,
-        round_trips: 2,
     });
 
     cases.push(Case {
@@ -381,7 +371,6 @@ pub fn cases() -> Vec<Case> {
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
             }),
         )),
-        round_trips: 1,
     });
 
     cases.push(Case {
@@ -426,7 +415,6 @@ pub fn cases() -> Vec<Case> {
                 let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
             }),
         )),
-        round_trips: 1,
     });
 
     let producer =
@@ -458,7 +446,6 @@ pub fn cases() -> Vec<Case> {
                 .unwrap();
         }),
         baseline: None,
-        round_trips: 1,
     });
 
     cases

@@ -32,8 +32,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
-
 use crate::script::{self, Invocation, Reply, ScriptCall};
 use crate::{Error, Result};
 
@@ -119,9 +117,7 @@ fn ms(name: &'static str, d: Duration) -> Result<u64> {
         .ok_or_else(|| Error::invalid(name, "too large"))
 }
 
-fn random_token() -> String {
-    format!("{:032x}", rand::rng().random::<u128>())
-}
+use crate::rules::token as random_token;
 
 impl Cache {
     /// A cache for `segment` (non-empty; it becomes the hash tag of every key). Defaults: fill
@@ -518,7 +514,7 @@ fn check_key(key: &str) -> Result<()> {
 
 /// XFetch's random term, as the script takes it: round(-beta * ln(U) * 1000), U in (0, 1].
 fn xfetch_draw(beta: f64) -> u64 {
-    let u: f64 = 1.0 - rand::rng().random::<f64>(); // (0, 1]
+    let u: f64 = 1.0 - rand::random::<f64>(); // (0, 1]
     let x = -beta * u.ln() * 1000.0;
     if x.is_finite() { x.round().clamp(0.0, 1e12) as u64 } else { 0 }
 }

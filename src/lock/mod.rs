@@ -305,13 +305,7 @@ fn ttl_ms(name: &'static str, ttl: Duration) -> Result<u64> {
     Ok(ms)
 }
 
-/// The scripts take 1..=256 bytes.
-fn check_token(token: &str) -> Result<()> {
-    if token.is_empty() || token.len() > 256 {
-        return Err(Error::invalid("token", "must be 1 to 256 bytes"));
-    }
-    Ok(())
-}
+use crate::rules::check_token;
 
 /// `at + d`, saturating at a year ahead: `Instant + Duration` panics on overflow, and callers
 /// may pass `Duration::MAX` to mean "no limit".
@@ -320,7 +314,4 @@ fn later(at: std::time::Instant, d: Duration) -> std::time::Instant {
     at.checked_add(d.min(year)).unwrap_or(at)
 }
 
-/// 128 random bits as hex: unguessable, so no other client can release or extend by accident.
-fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
+use crate::rules::token as new_token;

@@ -1,48 +1,10 @@
-//! The two algorithms and their parameters, checked before anything is sent.
+//! The algorithms and their parameters, checked before anything is sent. Adding an algorithm:
+//! a struct here, a variant of [`Limit`], its branch in the script (see ARCHITECTURE.md).
 
 use std::time::Duration;
 
+use crate::rules::{self, MAX};
 use crate::{Error, Result};
-
-/// The scripts take numbers up to 10^12 so that every value stays exact as a Lua double.
-const MAX_WIRE: u64 = 1_000_000_000_000;
-
-/// A rate-limit algorithm: the script it runs and the per-limit arguments it sends.
-/// Implemented by [`SlidingWindow`] and [`Gcra`]; sealed.
-pub trait Algorithm: sealed::Sealed + Clone + Send + Sync {
-    /// The script's `@name`.
-    #[doc(hidden)]
-    const SCRIPT: &'static str;
-    /// The most cost one request can ever be admitted with (the limit, or the burst).
-    fn capacity(&self) -> u64;
-    /// The per-limit ARGV group, in the script's order.
-    #[doc(hidden)]
-    fn wire_args(&self) -> Vec<u64>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::SlidingWindow {}
-    impl Sealed for super::Gcra {}
-}
-
-fn millis(name: &'static str, d: Duration) -> Result<u64> {
-    let ms = d.as_millis();
-    if ms == 0 || !d.subsec_nanos().is_multiple_of(1_000_000) {
-        return Err(Error::invalid(name, format!("must be a whole number of milliseconds >= 1 (got {d:?})")));
-    }
-    u64::try_from(ms)
-        .ok()
-        .filter(|&ms| ms <= MAX_WIRE)
-        .ok_or_else(|| Error::invalid(name, format!("must be at most {MAX_WIRE} ms")))
-}
-
-fn count(name: &'static str, n: u64) -> Result<u64> {
-    if n == 0 || n > MAX_WIRE {
-        return Err(Error::invalid(name, format!("must be between 1 and {MAX_WIRE} (got {n})")));
-    }
-    Ok(n)
-}
 
 /// An exact sliding-window log: at most `limit` total cost within any `window`.
 ///
@@ -57,6 +19,7 @@ fn count(name: &'static str, n: u64) -> Result<u64> {
 /// let w = SlidingWindow::new(100, Duration::from_secs(60)).unwrap();
 /// assert_eq!(w.limit(), 100);
 /// assert!(SlidingWindow::new(0, Duration::from_secs(1)).is_err());
+/// assert!(SlidingWindow::new(1, Duration::from_micros(1500)).is_err()); // whole milliseconds
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlidingWindow {
@@ -65,9 +28,13 @@ pub struct SlidingWindow {
 }
 
 impl SlidingWindow {
-    /// `limit` requests (total cost) per `window`. The window must be whole milliseconds.
+    /// `limit` requests (total cost) per `window`: 1..=10^12 each, the window in whole
+    /// milliseconds.
     pub fn new(limit: u64, window: Duration) -> Result<Self> {
-        Ok(SlidingWindow { limit: count("limit", limit)?, window_ms: millis("window", window)? })
+        Ok(SlidingWindow {
+            limit: rules::count("limit", limit)?,
+            window_ms: rules::millis("window", window)?,
+        })
     }
     /// The limit.
     pub fn limit(&self) -> u64 {
@@ -76,16 +43,6 @@ impl SlidingWindow {
     /// The window.
     pub fn window(&self) -> Duration {
         Duration::from_millis(self.window_ms)
-    }
-}
-
-impl Algorithm for SlidingWindow {
-    const SCRIPT: &'static str = "ratelimit.sliding_window";
-    fn capacity(&self) -> u64 {
-        self.limit
-    }
-    fn wire_args(&self) -> Vec<u64> {
-        vec![self.limit, self.window_ms]
     }
 }
 
@@ -110,12 +67,12 @@ pub struct Gcra {
 impl Gcra {
     /// `rate` per `period`, with a burst equal to `rate` (a full period's worth at once).
     pub fn new(rate: u64, period: Duration) -> Result<Self> {
-        let g = Gcra { rate: count("rate", rate)?, period_ms: millis("period", period)?, burst: rate };
-        g.check_span()
+        let rate = rules::count("rate", rate)?;
+        Gcra { rate, period_ms: rules::millis("period", period)?, burst: rate }.check_span()
     }
     /// Sets the burst: how many requests may pass at once after a quiet period.
     pub fn with_burst(self, burst: u64) -> Result<Self> {
-        Gcra { burst: count("burst", burst)?, ..self }.check_span()
+        Gcra { burst: rules::count("burst", burst)?, ..self }.check_span()
     }
     /// The rate per period.
     pub fn rate(&self) -> u64 {
@@ -131,19 +88,57 @@ impl Gcra {
     }
     /// The script refuses a full burst that spans more than 10^12 ms.
     fn check_span(self) -> Result<Self> {
-        if (self.burst as u128) * (self.period_ms as u128) > (MAX_WIRE as u128) * (self.rate as u128) {
+        if u128::from(self.burst) * u128::from(self.period_ms) > u128::from(MAX) * u128::from(self.rate) {
             return Err(Error::invalid("burst", "burst * period / rate must be at most 10^12 ms"));
         }
         Ok(self)
     }
 }
 
-impl Algorithm for Gcra {
-    const SCRIPT: &'static str = "ratelimit.gcra";
-    fn capacity(&self) -> u64 {
-        self.burst
+/// One limit of any algorithm: what a [`RateLimiter`](super::RateLimiter) applies. Built from
+/// [`SlidingWindow`] or [`Gcra`] with `into()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_primitives::ratelimit::{Gcra, Limit};
+/// let l: Limit = Gcra::new(5, Duration::from_secs(1)).unwrap().into();
+/// assert_eq!(l.capacity(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// An exact sliding-window log.
+    SlidingWindow(SlidingWindow),
+    /// GCRA.
+    Gcra(Gcra),
+}
+
+impl Limit {
+    /// The most cost one request can ever be admitted with (the limit, or the burst).
+    pub fn capacity(&self) -> u64 {
+        match self {
+            Limit::SlidingWindow(w) => w.limit,
+            Limit::Gcra(g) => g.burst,
+        }
     }
-    fn wire_args(&self) -> Vec<u64> {
-        vec![self.rate, self.period_ms, self.burst]
+
+    /// The per-limit ARGV group, in the script's order.
+    pub(crate) fn wire_args(&self) -> [u64; 3] {
+        match self {
+            Limit::SlidingWindow(w) => [w.limit, w.window_ms, 0],
+            Limit::Gcra(g) => [g.rate, g.period_ms, g.burst],
+        }
+    }
+}
+
+impl From<SlidingWindow> for Limit {
+    fn from(w: SlidingWindow) -> Self {
+        Limit::SlidingWindow(w)
+    }
+}
+
+impl From<Gcra> for Limit {
+    fn from(g: Gcra) -> Self {
+        Limit::Gcra(g)
     }
 }

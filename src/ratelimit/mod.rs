@@ -6,6 +6,9 @@
 //!   attempts count too, and a client that keeps hammering stays locked out).
 //! - Every reply carries what a caller needs: allowed, limit, remaining, retry-after, reset-after.
 //! - A cost that can never fit is [`Error::InsufficientCapacity`], not an endless retry.
+//! - Every call returns within the limiter's deadline ([`RateLimiter::with_deadline`], 1 s by
+//!   default) or its own timeout, whatever the server does; when Redis is unreachable it is an
+//!   error, and the caller decides whether that means admit or refuse.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -22,19 +25,32 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Keys: a limiter named `api` keeps subject `user-42` at `rl:{user-42}:api`; the subject is the
-//! hash tag. A [`MultiLimit`] call shares one scope as the tag: `rl:{<scope>}:<name>:<subject>`.
+//! # Keys
+//!
+//! A limiter named `api` keeps subject `user-42` at `rl:{user-42}:api`: the subject is the hash
+//! tag. A subject may live in a scope ([`Subject::in_scope`]): `ann` in scope `tenant-7` is
+//! `rl:{tenant-7}:api:ann`, so that every limit of one tenant shares a cluster slot and can be
+//! checked together in one [`MultiLimit`] call. A limiter uses one key per subject whichever
+//! API checks it, so one budget is one budget: a [`MultiLimit`] uses exactly the keys its
+//! limiters use alone. Limiter names may not contain `:`, and tags may not contain `}`, so two
+//! different (scope, name, subject) triples never spell the same key.
 
 mod algorithm;
+pub mod call;
+mod wait;
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use rand::Rng;
+pub use algorithm::{Gcra, Limit, SlidingWindow};
+pub use call::Check;
 
-pub use algorithm::{Algorithm, Gcra, SlidingWindow};
+use crate::flow::{self, Once, OnceCommand, twins};
+use crate::{Error, Result, rules, telemetry};
 
-use crate::script::{self, Invocation, Reply, ScriptCall};
-use crate::{Error, Result};
+/// How long a single check, peek or reset may take by default before it fails with
+/// [`Error::Timeout`]: a limiter sits in front of requests, so it must fail fast.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// What one request costs, and whether a refusal should count against the subject.
 ///
@@ -52,7 +68,7 @@ pub struct Request {
 }
 
 impl Request {
-    /// A request of weight `cost` (at least 1).
+    /// A request of weight `cost` (1..=10^12).
     pub fn cost(cost: u64) -> Self {
         Request { cost, penalty: false }
     }
@@ -64,11 +80,77 @@ impl Request {
     pub fn is_penalty(&self) -> bool {
         self.penalty
     }
+    /// The request's weight.
+    pub fn weight(&self) -> u64 {
+        self.cost
+    }
 }
 
 impl From<u64> for Request {
     fn from(cost: u64) -> Self {
         Request::cost(cost)
+    }
+}
+
+/// Whom a limit applies to: an identifier (a user, an IP, an API key), optionally inside a scope
+/// (a tenant, a route) that becomes the key's hash tag instead.
+///
+/// ```
+/// use std::time::Duration;
+/// use redis_primitives::ratelimit::{RateLimiter, SlidingWindow, Subject};
+///
+/// let per_user = RateLimiter::new("user", SlidingWindow::new(10, Duration::from_secs(1))?)?;
+/// assert_eq!(per_user.key("ann")?, "rl:{ann}:user");
+/// assert_eq!(per_user.key(Subject::new("ann").in_scope("tenant-7"))?, "rl:{tenant-7}:user:ann");
+/// # Ok::<(), redis_primitives::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject<'a> {
+    id: &'a str,
+    scope: Option<&'a str>,
+}
+
+impl<'a> Subject<'a> {
+    /// The subject `id`, its own hash tag.
+    pub fn new(id: &'a str) -> Self {
+        Subject { id, scope: None }
+    }
+
+    /// The same subject inside `scope`: the scope becomes the hash tag, so limits of different
+    /// subjects of one scope can be checked in one [`MultiLimit`] call on a cluster.
+    pub fn in_scope(self, scope: &'a str) -> Self {
+        Subject { scope: Some(scope), ..self }
+    }
+
+    /// The key's hash tag: the scope, or the id.
+    pub fn tag(&self) -> &'a str {
+        self.scope.unwrap_or(self.id)
+    }
+
+    fn key(&self, name: &str) -> Result<String> {
+        match self.scope {
+            None => {
+                rules::tag("subject", self.id)?;
+                Ok(format!("rl:{{{}}}:{name}", self.id))
+            }
+            Some(scope) => {
+                rules::tag("scope", scope)?;
+                rules::name("subject", self.id)?;
+                Ok(format!("rl:{{{scope}}}:{name}:{}", self.id))
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a str> for Subject<'a> {
+    fn from(id: &'a str) -> Self {
+        Subject::new(id)
+    }
+}
+
+impl<'a> From<&'a String> for Subject<'a> {
+    fn from(id: &'a String) -> Self {
+        Subject::new(id)
     }
 }
 
@@ -100,42 +182,65 @@ pub struct MultiDecision {
     pub limits: Vec<Decision>,
 }
 
-/// A rate limit with a name: the algorithm and its parameters. The name is part of every key, so
-/// two limiters with different names never share state.
+impl MultiDecision {
+    /// Reports each limit's decision (telemetry), then passes the decision on.
+    fn reported(self, limiters: &[&str]) -> Self {
+        for (d, name) in self.limits.iter().zip(limiters) {
+            telemetry::ratelimit_decision(name, d.allowed && self.allowed);
+        }
+        self
+    }
+
+    /// The one limit's decision of a single-limit call.
+    fn single(self) -> Result<Decision> {
+        let mut d = self
+            .limits
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::unexpected("ratelimit", "no limit in reply"))?;
+        d.allowed = self.allowed;
+        Ok(d)
+    }
+}
+
+/// A rate limit with a name: the algorithm and its parameters. The name is part of every key,
+/// so two limiters with different names never share state. Cheap to clone.
 ///
 /// ```
 /// use std::time::Duration;
 /// use redis_primitives::ratelimit::{Gcra, RateLimiter};
 ///
-/// let login = RateLimiter::new("login", Gcra::new(5, Duration::from_secs(60)).unwrap()).unwrap();
-/// assert_eq!(login.key("alice").unwrap(), "rl:{alice}:login");
+/// let login = RateLimiter::new("login", Gcra::new(5, Duration::from_secs(60))?)?;
+/// assert_eq!(login.key("alice")?, "rl:{alice}:login");
+/// assert!(RateLimiter::new("a:b", Gcra::new(5, Duration::from_secs(60))?).is_err());
+/// # Ok::<(), redis_primitives::Error>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct RateLimiter<A> {
-    name: String,
-    algorithm: A,
+pub struct RateLimiter {
+    name: Arc<str>,
+    limit: Limit,
+    deadline: Duration,
 }
 
-fn check_part(what: &'static str, s: &str) -> Result<()> {
-    if s.is_empty() {
-        return Err(Error::invalid(what, "must not be empty"));
-    }
-    // "{}" or a tag starting with "}" would leave the hash tag empty: every key of one call
-    // would then hash on its own and a cluster would refuse the call (CROSSSLOT).
-    if s.starts_with('}') {
-        return Err(Error::invalid(what, "must not start with `}` (it would end the hash tag)"));
-    }
-    Ok(())
-}
-
-impl<A: Algorithm> RateLimiter<A> {
-    /// A limiter named `name` (non-empty) applying `algorithm`.
-    pub fn new(name: impl Into<String>, algorithm: A) -> Result<Self> {
+impl RateLimiter {
+    /// A limiter named `name` (1..=1024 bytes, no `:`) applying `limit` (a [`SlidingWindow`]
+    /// or a [`Gcra`]).
+    pub fn new(name: impl Into<String>, limit: impl Into<Limit>) -> Result<Self> {
         let name = name.into();
-        if name.is_empty() {
-            return Err(Error::invalid("name", "must not be empty"));
+        rules::name("name", &name)?;
+        if name.contains(':') {
+            return Err(Error::invalid(
+                "name",
+                "must not contain `:` (it separates the name from a scoped subject)",
+            ));
         }
-        Ok(RateLimiter { name, algorithm })
+        Ok(RateLimiter { name: name.into(), limit: limit.into(), deadline: DEFAULT_DEADLINE })
+    }
+
+    /// How long [`check`](Self::check), [`peek`](Self::peek) and [`reset`](Self::reset) may take
+    /// before failing with [`Error::Timeout`] (default [`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        RateLimiter { deadline, ..self }
     }
 
     /// The limiter's name.
@@ -143,324 +248,197 @@ impl<A: Algorithm> RateLimiter<A> {
         &self.name
     }
 
-    /// The algorithm and its parameters.
-    pub fn algorithm(&self) -> &A {
-        &self.algorithm
+    /// The limit it applies.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
     }
 
-    /// The key holding `subject`'s state: `rl:{<subject>}:<name>`.
-    pub fn key(&self, subject: &str) -> Result<String> {
-        check_part("subject", subject)?;
-        Ok(format!("rl:{{{subject}}}:{}", self.name))
+    /// The deadline of a single call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// The key holding `subject`'s state: `rl:{<subject>}:<name>`, or
+    /// `rl:{<scope>}:<name>:<subject>` for a scoped subject.
+    pub fn key<'a>(&self, subject: impl Into<Subject<'a>>) -> Result<String> {
+        subject.into().key(&self.name)
     }
 
     /// The call that checks (and, if allowed, consumes) `request` for `subject`: run it with
     /// `query`/`query_async`, or put many in a [`Batch`](crate::script::Batch).
-    pub fn check_call(&self, subject: &str, request: impl Into<Request>) -> Result<Check> {
-        Check::new::<A>(vec![(self.key(subject)?, &self.algorithm)], request.into())
-    }
-
-    /// Checks and consumes: one atomic call.
-    pub async fn check<C>(&self, con: &mut C, subject: &str, request: impl Into<Request>) -> Result<Decision>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        single(self.check_call(subject, request)?.query_async(con).await?)
-    }
-
-    /// [`check`](Self::check) on a blocking connection.
-    pub fn check_blocking(
+    pub fn check_call<'a>(
         &self,
-        con: &mut dyn redis::ConnectionLike,
-        subject: &str,
+        subject: impl Into<Subject<'a>>,
         request: impl Into<Request>,
-    ) -> Result<Decision> {
-        single(self.check_call(subject, request)?.query(con)?)
+    ) -> Result<Check> {
+        Check::new(vec![(self.key(subject)?, self.limit)], request.into())
     }
 
-    /// Decides without consuming or writing anything (sent read-only where the server allows).
-    pub async fn peek<C>(&self, con: &mut C, subject: &str, request: impl Into<Request>) -> Result<Decision>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        single(self.check_call(subject, request)?.peek().query_async(con).await?)
+    /// One call within the deadline; a real check (not a peek) is reported to telemetry.
+    fn once(&self, call: Result<Check>, report: bool) -> Result<impl flow::Flow<Out = Decision> + use<>> {
+        let name = self.name.clone();
+        Ok(flow::map(Once::new(call?, self.deadline), move |m| {
+            if report { m.reported(&[&name]) } else { m }.single()
+        }))
     }
 
-    /// [`peek`](Self::peek) on a blocking connection.
-    pub fn peek_blocking(
-        &self,
-        con: &mut dyn redis::ConnectionLike,
-        subject: &str,
-        request: impl Into<Request>,
-    ) -> Result<Decision> {
-        single(self.check_call(subject, request)?.peek().query(con)?)
-    }
+    twins! {
+        /// Checks and, if allowed, consumes: one atomic call, within the limiter's deadline.
+        cancel: "Dropping the future may leave the request counted: the call may have reached the server.",
+        pub fn check / check_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>) -> Decision
+            = self.once(self.check_call(subject, request), true)?;
 
-    /// Forgets `subject`'s history: its next request starts from a full limit.
-    pub async fn reset<C>(&self, con: &mut C, subject: &str) -> Result<()>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        let _: i64 = redis::cmd("DEL").arg(self.key(subject)?).query_async(con).await?;
-        Ok(())
-    }
+        /// Decides without consuming or writing anything (sent read-only where the server
+        /// allows), within the limiter's deadline.
+        cancel: "Safe: a peek writes nothing.",
+        pub fn peek / peek_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>) -> Decision
+            = self.once(self.check_call(subject, request).map(Check::peek), false)?;
 
-    /// [`reset`](Self::reset) on a blocking connection.
-    pub fn reset_blocking(&self, con: &mut dyn redis::ConnectionLike, subject: &str) -> Result<()> {
-        let _: i64 = redis::cmd("DEL").arg(self.key(subject)?).query(con)?;
-        Ok(())
-    }
+        /// Forgets `subject`'s history: its next request starts from a full limit.
+        cancel: "Dropping the future may or may not have reset the subject.",
+        pub fn reset / reset_blocking<'a> (&self, subject: impl Into<Subject<'a>>) -> ()
+            = flow::map(OnceCommand::new("DEL", del(&[self.key(subject)?]), self.deadline), deleted);
 
-    /// Checks until admitted, sleeping by the server's retry-after, for at most `timeout`.
-    /// Returns the last decision: refused when admission could not come within `timeout` (it
-    /// gives up at once when the server's retry-after already passes the deadline).
-    pub async fn wait<C>(
-        &self,
-        con: &mut C,
-        subject: &str,
-        request: impl Into<Request>,
-        timeout: Duration,
-    ) -> Result<Decision>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        let call = self.check_call(subject, request)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let d = single(call.query_async(con).await?)?;
-            match next_wait(&d, deadline) {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => return Ok(d),
-            }
-        }
-    }
-
-    /// [`wait`](Self::wait) on a blocking connection (sleeps the thread).
-    pub fn wait_blocking(
-        &self,
-        con: &mut dyn redis::ConnectionLike,
-        subject: &str,
-        request: impl Into<Request>,
-        timeout: Duration,
-    ) -> Result<Decision> {
-        let call = self.check_call(subject, request)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let d = single(call.query(con)?)?;
-            match next_wait(&d, deadline) {
-                Some(pause) => std::thread::sleep(pause),
-                None => return Ok(d),
-            }
-        }
+        /// Checks until admitted, sleeping by the server's retry-after, for at most `timeout`
+        /// (calls included: a silent server ends it at `timeout` with [`Error::Timeout`]).
+        /// Returns the last decision: refused when admission could not come within `timeout`;
+        /// it gives up at once when the server's retry-after already passes the deadline. An
+        /// error is returned as it is, never retried: the call may have run and consumed.
+        cancel: "Dropping the future during a sleep consumes nothing more; during a call, that \
+            call may have been counted.",
+        pub fn wait / wait_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>, timeout: Duration) -> Decision
+            = flow::map(wait::Wait::new(self.check_call(subject, request)?, timeout), |m| m.reported(&[&self.name]).single());
     }
 }
 
-/// How long to pause before the next attempt, or `None` to stop (admitted, or the server's
-/// retry-after lands past the deadline). A little jitter keeps waiters from waking together.
-fn next_wait(d: &Decision, deadline: Instant) -> Option<Duration> {
-    if d.allowed {
-        return None;
+/// DEL answers the number of keys it removed; anything else is not a Redis we can trust.
+fn deleted(reply: redis::Value) -> Result<()> {
+    match crate::script::reply::int(&reply) {
+        Some(_) => Ok(()),
+        None => Err(crate::script::reply::bad("DEL", "an integer", &reply)),
     }
-    let jitter = rand::rng().random_range(0..=(d.retry_after.as_micros() as u64 / 16).max(1));
-    let pause = d.retry_after + Duration::from_micros(jitter);
-    (Instant::now() + d.retry_after <= deadline)
-        .then(|| pause.min(deadline.saturating_duration_since(Instant::now())))
 }
 
-fn single(m: MultiDecision) -> Result<Decision> {
-    let mut d =
-        m.limits.into_iter().next().ok_or_else(|| Error::unexpected("ratelimit", "no limit in reply"))?;
-    d.allowed = m.allowed;
-    Ok(d)
+fn del(keys: &[String]) -> redis::Cmd {
+    let mut cmd = redis::cmd("DEL");
+    cmd.arg(keys);
+    cmd
 }
 
-/// Several limits of one algorithm, checked and consumed together in one atomic call: either
-/// all admit (and all are consumed) or none is consumed. All keys share the scope as hash tag,
-/// so the call works on a cluster.
+/// Several limits, possibly of different algorithms, checked and consumed together in one
+/// atomic call: either all admit (and all are consumed) or none is consumed. Build it once
+/// (it owns its limiters) and give the subjects per call; each limit uses exactly the key its
+/// limiter uses alone, so a budget is the same whether checked here or alone.
+///
+/// All subjects of one call must share one hash tag (the same scope), so the call works on a
+/// cluster: e.g. per user (scoped by tenant) and per tenant.
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use redis_primitives::ratelimit::{MultiLimit, RateLimiter, SlidingWindow};
+/// use redis_primitives::ratelimit::{MultiLimit, RateLimiter, SlidingWindow, Subject};
 ///
 /// # async fn demo(con: &mut redis::aio::ConnectionManager) -> redis_primitives::Result<()> {
 /// let per_user = RateLimiter::new("user", SlidingWindow::new(10, Duration::from_secs(1))?)?;
 /// let per_tenant = RateLimiter::new("tenant", SlidingWindow::new(1000, Duration::from_secs(3600))?)?;
-/// let d = MultiLimit::new("tenant-7")?
-///     .with(&per_user, "user-42")?
-///     .with(&per_tenant, "")?
-///     .check(con, 1)
-///     .await?;
+/// let both = MultiLimit::new().with(per_user).with(per_tenant);
+/// let d = both.check(con, [Subject::new("user-42").in_scope("tenant-7"), "tenant-7".into()], 1).await?;
 /// if let Some(i) = d.refused_by {
 ///     println!("limit {i} refused; retry in {:?}", d.retry_after);
 /// }
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct MultiLimit<'a, A> {
-    scope: String,
-    limits: Vec<(String, &'a A)>,
+pub struct MultiLimit {
+    limiters: Vec<RateLimiter>,
+    deadline: Duration,
 }
 
-impl<'a, A: Algorithm> MultiLimit<'a, A> {
-    /// A set of limits under one scope (the hash tag shared by all their keys).
-    pub fn new(scope: impl Into<String>) -> Result<Self> {
-        let scope = scope.into();
-        check_part("scope", &scope)?;
-        Ok(MultiLimit { scope, limits: Vec::new() })
+impl Default for MultiLimit {
+    fn default() -> Self {
+        MultiLimit::new()
+    }
+}
+
+impl MultiLimit {
+    /// No limits yet.
+    pub fn new() -> Self {
+        MultiLimit { limiters: Vec::new(), deadline: DEFAULT_DEADLINE }
     }
 
-    /// Adds `limiter` applied to `subject` (may be empty for a scope-wide limit). Its key is
-    /// `rl:{<scope>}:<name>:<subject>` (or `rl:{<scope>}:<name>`).
-    pub fn with(mut self, limiter: &'a RateLimiter<A>, subject: &str) -> Result<Self> {
-        let key = if subject.is_empty() {
-            format!("rl:{{{}}}:{}", self.scope, limiter.name)
-        } else {
-            format!("rl:{{{}}}:{}:{subject}", self.scope, limiter.name)
-        };
-        if self.limits.iter().any(|(k, _)| *k == key) {
-            return Err(Error::invalid("subject", format!("{key} is already in this call")));
+    /// Adds a limiter (checked in the order added).
+    pub fn with(mut self, limiter: RateLimiter) -> Self {
+        self.limiters.push(limiter);
+        self
+    }
+
+    /// How long a check, peek or reset may take (default [`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        MultiLimit { deadline, ..self }
+    }
+
+    /// The limiters, in order.
+    pub fn limiters(&self) -> &[RateLimiter] {
+        &self.limiters
+    }
+
+    /// The keys for `subjects` (one per limiter, in order), checked to share one hash tag.
+    pub fn keys<'a>(
+        &self,
+        subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>,
+    ) -> Result<Vec<String>> {
+        let subjects: Vec<Subject<'a>> = subjects.into_iter().map(Into::into).collect();
+        if subjects.len() != self.limiters.len() {
+            return Err(Error::invalid(
+                "subjects",
+                format!("{} subjects for {} limiters", subjects.len(), self.limiters.len()),
+            ));
         }
-        self.limits.push((key, &limiter.algorithm));
-        Ok(self)
-    }
-
-    /// The keys, in the order added.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.limits.iter().map(|(k, _)| k.as_str())
+        if let Some(first) = subjects.first()
+            && subjects.iter().any(|s| s.tag() != first.tag())
+        {
+            return Err(Error::invalid(
+                "subjects",
+                "all limits of one call must share one hash tag: give them one scope (Subject::in_scope)",
+            ));
+        }
+        self.limiters.iter().zip(subjects).map(|(l, s)| l.key(s)).collect()
     }
 
     /// The call that checks and consumes all limits together.
-    pub fn check_call(&self, request: impl Into<Request>) -> Result<Check> {
-        Check::new::<A>(self.limits.iter().map(|(k, a)| (k.clone(), *a)).collect(), request.into())
-    }
-
-    /// Checks all limits and consumes them only if all allow.
-    pub async fn check<C>(&self, con: &mut C, request: impl Into<Request>) -> Result<MultiDecision>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.check_call(request)?.query_async(con).await
-    }
-
-    /// [`check`](Self::check) on a blocking connection.
-    pub fn check_blocking(
+    pub fn check_call<'a>(
         &self,
-        con: &mut dyn redis::ConnectionLike,
+        subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>,
         request: impl Into<Request>,
-    ) -> Result<MultiDecision> {
-        self.check_call(request)?.query(con)
+    ) -> Result<Check> {
+        let keys = self.keys(subjects)?;
+        Check::new(keys.into_iter().zip(self.limiters.iter().map(|l| l.limit)).collect(), request.into())
     }
 
-    /// Decides for all limits without consuming anything.
-    pub async fn peek<C>(&self, con: &mut C, request: impl Into<Request>) -> Result<MultiDecision>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.check_call(request)?.peek().query_async(con).await
+    twins! {
+        /// Checks all limits and consumes them only if all allow, within the deadline.
+        cancel: "Dropping the future may leave the request counted: the call may have reached the server.",
+        pub fn check / check_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>, request: impl Into<Request>) -> MultiDecision
+            = flow::map(Once::new(self.check_call(subjects, request)?, self.deadline), |m| Ok(m.reported(&self.names())));
+
+        /// Decides for all limits without consuming anything.
+        cancel: "Safe: a peek writes nothing.",
+        pub fn peek / peek_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>, request: impl Into<Request>) -> MultiDecision
+            = Once::new(self.check_call(subjects, request)?.peek(), self.deadline);
+
+        /// Resets every limit for these subjects (one DEL of all keys).
+        cancel: "Dropping the future may or may not have reset the limits.",
+        pub fn reset / reset_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>) -> ()
+            = flow::map(OnceCommand::new("DEL", del(&self.keys(subjects)?), self.deadline), deleted);
+
+        /// Checks until all limits admit together, for at most `timeout` (see
+        /// [`RateLimiter::wait`]).
+        cancel: "Dropping the future during a sleep consumes nothing more; during a call, that \
+            call may have been counted.",
+        pub fn wait / wait_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>, request: impl Into<Request>, timeout: Duration) -> MultiDecision
+            = flow::map(wait::Wait::new(self.check_call(subjects, request)?, timeout), |m| Ok(m.reported(&self.names())));
     }
 
-    /// [`peek`](Self::peek) on a blocking connection.
-    pub fn peek_blocking(
-        &self,
-        con: &mut dyn redis::ConnectionLike,
-        request: impl Into<Request>,
-    ) -> Result<MultiDecision> {
-        self.check_call(request)?.peek().query(con)
-    }
-
-    /// Resets every limit of this set (one DEL of all keys).
-    pub async fn reset<C>(&self, con: &mut C) -> Result<()>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        let _: i64 = redis::cmd("DEL").arg(self.keys().collect::<Vec<_>>()).query_async(con).await?;
-        Ok(())
-    }
-
-    /// [`reset`](Self::reset) on a blocking connection.
-    pub fn reset_blocking(&self, con: &mut dyn redis::ConnectionLike) -> Result<()> {
-        let _: i64 = redis::cmd("DEL").arg(self.keys().collect::<Vec<_>>()).query(con)?;
-        Ok(())
-    }
-}
-
-/// One prepared rate-limit script call (one or more limits). Build it with
-/// [`RateLimiter::check_call`] or [`MultiLimit::check_call`]; run it with
-/// [`ScriptCall::query`]/[`ScriptCall::query_async`] or in a [`Batch`](crate::script::Batch).
-#[derive(Debug, Clone)]
-pub struct Check {
-    script: &'static str,
-    keys: Vec<String>,
-    args: Vec<u64>,
-    cost: u64,
-    peek: bool,
-    penalty: bool,
-}
-
-impl Check {
-    fn new<A: Algorithm>(limits: Vec<(String, &A)>, request: Request) -> Result<Check> {
-        if limits.is_empty() {
-            return Err(Error::invalid("limits", "at least one limit"));
-        }
-        if request.cost == 0 {
-            return Err(Error::invalid("cost", "must be at least 1"));
-        }
-        let capacity = limits.iter().map(|(_, a)| a.capacity()).min().unwrap_or(0);
-        if request.cost > capacity {
-            return Err(Error::InsufficientCapacity { cost: request.cost, capacity });
-        }
-        let (keys, args) =
-            limits.into_iter().map(|(k, a)| (k, a.wire_args())).unzip::<_, _, Vec<_>, Vec<_>>();
-        Ok(Check {
-            script: A::SCRIPT,
-            keys,
-            args: args.into_iter().flatten().collect(),
-            cost: request.cost,
-            peek: false,
-            penalty: request.penalty,
-        })
-    }
-
-    /// The same call as a dry run: decides, writes nothing.
-    pub fn peek(mut self) -> Self {
-        self.peek = true;
-        self
-    }
-}
-
-impl ScriptCall for Check {
-    type Output = MultiDecision;
-
-    fn invocation(&self) -> Result<Invocation<'static>> {
-        let flags = u8::from(self.peek) | (u8::from(self.penalty) << 1);
-        let mut inv = script::get(self.script)?.invoke().read_only(self.peek);
-        for k in &self.keys {
-            inv = inv.key(k.as_str());
-        }
-        Ok(inv.arg(self.cost).arg(flags).arg(&self.args[..]))
-    }
-
-    fn parse(&self, reply: Reply) -> Result<MultiDecision> {
-        let v = reply.ints(3 + 4 * self.keys.len())?;
-        let ms = |x: i64| Duration::from_millis(x.max(0) as u64);
-        let never = v[2] < 0 || v[3..].chunks(4).any(|c| c[2] < 0);
-        if never {
-            // Checked before sending; reached only if the server's view differs (it should not).
-            let capacity = v[3..].chunks(4).map(|c| c[0].max(0) as u64).min().unwrap_or(0);
-            return Err(Error::InsufficientCapacity { cost: self.cost, capacity });
-        }
-        let limits = v[3..]
-            .chunks(4)
-            .map(|c| Decision {
-                allowed: c[2] == 0,
-                limit: c[0].max(0) as u64,
-                remaining: c[1].max(0) as u64,
-                retry_after: ms(c[2]),
-                reset_after: ms(c[3]),
-            })
-            .collect();
-        let allowed = v[0] == 1;
-        let refused_by = (!allowed && v[1] >= 1).then(|| v[1] as usize - 1);
-        Ok(MultiDecision { allowed, refused_by, retry_after: ms(v[2]), limits })
+    fn names(&self) -> Vec<&str> {
+        self.limiters.iter().map(RateLimiter::name).collect()
     }
 }

@@ -1,10 +1,7 @@
 //! The machine-readable header every script opens with (see `scripts/README.md`).
 
-use serde::Serialize;
-
 /// Whether a script writes. `Read` scripts may be sent with EVALSHA_RO (and so to replicas).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Never writes.
     Read,
@@ -13,7 +10,7 @@ pub enum Mode {
 }
 
 /// One `@key N role pattern [text]` line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpec {
     /// 1-based position in KEYS.
     pub index: usize,
@@ -28,7 +25,7 @@ pub struct KeySpec {
 }
 
 /// One `@arg N name type [text]` line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArgSpec {
     /// 1-based position in ARGV.
     pub index: usize,
@@ -37,7 +34,6 @@ pub struct ArgSpec {
     /// The argument's name, as the script's BADARG replies name it.
     pub name: String,
     /// Its type and range, e.g. `integer>=1`.
-    #[serde(rename = "type")]
     pub ty: String,
     /// Free text after the type.
     pub description: String,
@@ -50,14 +46,14 @@ pub struct ArgSpec {
 ///
 /// let src = "--- @name demo.echo\n--- @summary Echo.\n--- @key 1 subject demo:{<id>}\n\
 ///            --- @arg 1 value string what to echo\n--- @returns bulk string\n\
-///            --- @errors BADARG bad input\n--- @mode read\n--- @min-server 6.2\n\
+///            --- @errors BADARG bad input\n--- @complexity O(1)\n--- @mode read\n--- @min-server 6.2\n\
 ///            return ARGV[1]\n";
 /// let c = Contract::parse(src).unwrap();
 /// assert_eq!(c.name, "demo.echo");
 /// assert_eq!(c.mode, Mode::Read);
 /// assert_eq!(c.error_codes, vec!["BADARG"]);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Contract {
     /// `@name`, dotted: `area.name`.
     pub name: String,

@@ -9,7 +9,7 @@ use redis::{Pipeline, Value};
 
 use super::invoke::load_cmd;
 use super::{Bundle, bundle};
-use crate::{Error, Result};
+use crate::{Error, Result, cluster};
 
 /// The outcome of preloading on one cluster node.
 #[derive(Debug)]
@@ -38,7 +38,10 @@ fn check_loaded(bundle: &Bundle, shas: Vec<String>) -> Result<usize> {
     }
     for (s, got) in bundle.iter().zip(&shas) {
         if got != s.sha1() {
-            return Err(Error::Bundle(format!("server hashed {} to {got}, expected {}", s.name(), s.sha1())));
+            // Not a bundle problem: the bundle's SHA1s are computed from the embedded bytes. A server
+            // that hashes differently is not a Redis we can call by SHA1.
+            let detail = format!("hashed {} to {got}, expected {}", s.name(), s.sha1());
+            return Err(Error::unexpected("SCRIPT LOAD", detail));
         }
     }
     Ok(shas.len())
@@ -54,7 +57,7 @@ fn check_loaded(bundle: &Bundle, shas: Vec<String>) -> Result<usize> {
 /// # Ok::<(), redis_primitives::Error>(())
 /// ```
 pub fn preload(con: &mut dyn redis::ConnectionLike) -> Result<usize> {
-    let bundle = bundle()?;
+    let bundle = bundle();
     let shas: Vec<String> = load_pipeline(bundle).query(con)?;
     check_loaded(bundle, shas)
 }
@@ -72,7 +75,7 @@ pub async fn preload_async<C>(con: &mut C) -> Result<usize>
 where
     C: redis::aio::ConnectionLike + Send,
 {
-    let bundle = bundle()?;
+    let bundle = bundle();
     let shas: Vec<String> = load_pipeline(bundle).query_async(con).await?;
     check_loaded(bundle, shas)
 }
@@ -90,14 +93,14 @@ where
 /// # Ok(()) }
 /// ```
 pub async fn preload_cluster(con: &mut ClusterConnection) -> Result<Vec<NodeLoad>> {
-    let bundle = bundle()?;
+    let bundle = bundle();
     let slots = con
         .route_command(
             redis::cmd("CLUSTER").arg("SLOTS").clone(),
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
         )
         .await?;
-    let primaries = primaries_from_slots(&slots)?;
+    let primaries = cluster::primaries(&cluster::slot_ranges(&slots)?);
     let pipe = load_pipeline(bundle);
     let mut reports = Vec::with_capacity(primaries.len());
     for (host, port) in primaries {
@@ -111,23 +114,4 @@ pub async fn preload_cluster(con: &mut ClusterConnection) -> Result<Vec<NodeLoad
         reports.push(NodeLoad { node: format!("{host}:{port}"), outcome });
     }
     Ok(reports)
-}
-
-/// The distinct primaries in a CLUSTER SLOTS reply: `[[start, end, [host, port, id…], replicas…]…]`.
-pub(crate) fn primaries_from_slots(slots: &Value) -> Result<Vec<(String, u16)>> {
-    let bad = || Error::unexpected("CLUSTER SLOTS", format!("{slots:?}"));
-    let Value::Array(ranges) = slots else { return Err(bad()) };
-    let mut out: Vec<(String, u16)> = Vec::new();
-    for range in ranges {
-        let Value::Array(parts) = range else { return Err(bad()) };
-        let Some(Value::Array(primary)) = parts.get(2) else { return Err(bad()) };
-        let host: String =
-            primary.first().and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
-        let port: u16 = primary.get(1).and_then(|v| redis::from_redis_value_ref(v).ok()).ok_or_else(bad)?;
-        if !out.iter().any(|(h, p)| *h == host && *p == port) {
-            out.push((host, port));
-        }
-    }
-    out.sort();
-    Ok(out)
 }

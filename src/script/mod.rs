@@ -5,11 +5,16 @@
 //! time, byte for byte, so the SHA1s here are the ones a Python, Node or Go service computes from
 //! the same files (and lists in `scripts/manifest.json`).
 //!
+//! Each script has a typed [`Id`], generated at build time from the files: a script that does
+//! not exist is a compile error, and [`bundle`] cannot fail at run time.
+//!
 //! ```
-//! let bundle = redis_primitives::script::bundle().unwrap();
-//! let release = bundle.get("lock.release").unwrap();
+//! use redis_primitives::script::{self, Id};
+//!
+//! let release = Id::LockRelease.script();
 //! assert_eq!(release.file(), "lock/release.lua");
 //! assert_eq!(release.sha1().len(), 40);
+//! assert_eq!(script::bundle().get("lock.release").unwrap().sha1(), release.sha1());
 //! ```
 
 pub(crate) mod contract;
@@ -18,7 +23,6 @@ mod load;
 mod manifest;
 pub(crate) mod reply;
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use include_dir::{Dir, include_dir};
@@ -26,7 +30,7 @@ use include_dir::{Dir, include_dir};
 pub use contract::{ArgSpec, Contract, KeySpec, Mode};
 pub use invoke::{Batch, Invocation, ScriptCall};
 pub use load::{NodeLoad, preload, preload_async, preload_cluster};
-pub use manifest::{Manifest, ManifestScript};
+pub use manifest::Manifest;
 pub use reply::Reply;
 
 use crate::{Error, Result};
@@ -48,7 +52,7 @@ impl Script {
     /// ```
     /// use redis_primitives::script::Script;
     /// let s = Script::from_source("x/y.lua", b"--- @name x.y\n--- @summary s\n\
-    ///     --- @returns nil\n--- @errors none\n--- @mode read\n--- @min-server 6.2\nreturn nil\n").unwrap();
+    ///     --- @returns nil\n--- @errors none\n--- @complexity O(1)\n--- @mode read\n--- @min-server 6.2\nreturn nil\n").unwrap();
     /// assert_eq!(s.name(), "x.y");
     /// ```
     pub fn from_source(file: &str, source: &'static [u8]) -> Result<Script> {
@@ -141,56 +145,58 @@ impl Bundle {
         h.digest().to_string()
     }
 
-    fn from_dir(dir: &'static Dir<'static>) -> Result<Bundle> {
-        let mut scripts = BTreeMap::new();
-        let mut files = Vec::new();
-        collect_lua(dir, &mut files);
-        for file in files {
-            let rel = file.path().to_string_lossy().replace('\\', "/");
-            let script = Script::from_source(&rel, file.contents())?;
-            let expected = format!("{}.lua", script.name().replacen('.', "/", 1));
-            if rel != expected {
-                return Err(Error::Bundle(format!(
-                    "{rel} declares @name {}; it belongs in {expected}",
-                    script.name()
-                )));
-            }
-            if scripts.contains_key(script.name()) {
-                return Err(Error::Bundle(format!("two scripts are named {}", script.name())));
-            }
-            scripts.insert(script.name().to_owned(), script);
-        }
-        Ok(Bundle { scripts: scripts.into_values().collect() })
+    /// The script of `id`. Ids are generated from the same files, so every id has its script.
+    pub fn script(&self, id: Id) -> &Script {
+        &self.scripts[id as usize]
     }
 }
 
-fn collect_lua(dir: &'static Dir<'static>, out: &mut Vec<&'static include_dir::File<'static>>) {
-    for f in dir.files() {
-        if f.path().extension().is_some_and(|e| e == "lua") {
-            out.push(f);
-        }
-    }
-    for d in dir.dirs() {
-        collect_lua(d, out);
+impl Bundle {
+    fn embedded() -> Bundle {
+        // `Id::ALL` is sorted by name, and `Id as usize` is its index there: the vector below is
+        // in the same order, so `script(id)` is an index, not a search.
+        let scripts = Id::ALL
+            .iter()
+            .map(|id| {
+                let file = SCRIPTS_DIR.get_file(id.file()).map(|f| f.contents()).unwrap_or_default();
+                // build.rs parsed these exact bytes with the same parser and failed the build on
+                // any error, so this cannot fail for an embedded script.
+                Script::from_source(id.file(), file)
+                    .unwrap_or_else(|e| unreachable!("checked by build.rs: {e}"))
+            })
+            .collect();
+        Bundle { scripts }
     }
 }
 
-/// The embedded bundle, parsed once. An error here means a script's header is broken, which the
-/// crate's own tests rule out for every released version.
-pub fn bundle() -> Result<&'static Bundle> {
-    static BUNDLE: OnceLock<std::result::Result<Bundle, String>> = OnceLock::new();
-    BUNDLE
-        .get_or_init(|| Bundle::from_dir(&SCRIPTS_DIR).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| Error::Bundle(e.clone()))
+impl Id {
+    /// The embedded script.
+    pub fn script(self) -> &'static Script {
+        bundle().script(self)
+    }
+
+    /// Starts an invocation of the script: add keys and arguments, then run it.
+    pub fn invoke(self) -> Invocation<'static> {
+        self.script().invoke()
+    }
 }
 
-/// The embedded script named `name`.
+include!(concat!(env!("OUT_DIR"), "/script_ids.rs"));
+
+/// The embedded bundle, parsed once (the headers were checked at compile time).
+pub fn bundle() -> &'static Bundle {
+    static BUNDLE: OnceLock<Bundle> = OnceLock::new();
+    BUNDLE.get_or_init(Bundle::embedded)
+}
+
+/// The embedded script named `name`, for names that arrive at run time (the CLI); in code, use
+/// [`Id`].
 ///
 /// ```
 /// let s = redis_primitives::script::get("lock.acquire").unwrap();
 /// assert_eq!(s.contract().keys.len(), 2);
+/// assert!(redis_primitives::script::get("lock.nope").is_err());
 /// ```
 pub fn get(name: &str) -> Result<&'static Script> {
-    bundle()?.require(name)
+    bundle().require(name)
 }

@@ -1,5 +1,7 @@
-//! Reading a script's reply without trusting it: every shape mismatch becomes
-//! [`Error::UnexpectedReply`] naming the script, never a panic.
+//! The crate's one reply toolkit: reading a script's or a command's reply without trusting it.
+//! Every shape mismatch becomes [`Error::UnexpectedReply`] naming the script or command, never
+//! a panic. [`Reply`] wraps a script's reply; the functions below read single values, for the
+//! areas that parse native commands' replies (streams, cluster topology, INFO).
 
 use redis::Value;
 
@@ -45,7 +47,7 @@ impl Reply {
 
     /// An integer reply.
     pub fn int(&self) -> Result<i64> {
-        as_int(&self.value).ok_or_else(|| self.unexpected("an integer"))
+        int(&self.value).ok_or_else(|| self.unexpected("an integer"))
     }
 
     /// An array of exactly `n` integers.
@@ -62,16 +64,52 @@ impl Reply {
         let Value::Array(items) = &self.value else {
             return Err(self.unexpected("an array of integers"));
         };
-        items.iter().map(|v| as_int(v).ok_or_else(|| self.unexpected("an array of integers"))).collect()
+        items.iter().map(|v| int(v).ok_or_else(|| self.unexpected("an array of integers"))).collect()
     }
 }
 
-fn as_int(v: &Value) -> Option<i64> {
+/// The error for a reply of `command` that is not `what`.
+pub(crate) fn bad(command: &str, what: &str, v: &Value) -> Error {
+    Error::unexpected(command, format!("expected {what}, got {v:?}"))
+}
+
+/// A bulk, simple or verbatim string as UTF-8 text.
+pub(crate) fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// A string's bytes (an integer as its decimal digits).
+pub(crate) fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes().to_vec()),
+        Value::Int(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// An integer, also when sent as a string (Lua numbers may arrive so when a script keeps
+/// precision).
+pub(crate) fn int(v: &Value) -> Option<i64> {
     match v {
         Value::Int(i) => Some(*i),
-        // Lua numbers may arrive as strings when a script keeps precision.
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
         Value::SimpleString(s) => s.parse().ok(),
+        Value::VerbatimString { text, .. } => text.parse().ok(),
         _ => None,
+    }
+}
+
+/// An array's (or RESP3 set's) items.
+pub(crate) fn items<'a>(command: &str, v: &'a Value) -> Result<&'a [Value]> {
+    match v {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(bad(command, "an array", other)),
     }
 }

@@ -1,11 +1,12 @@
-//! Reading stream replies without trusting them: any shape mismatch is
+//! The stream commands' replies (XREADGROUP, XRANGE, XAUTOCLAIM, XPENDING), read with the crate's
+//! reply toolkit ([`crate::script::reply`]) without trusting them: any shape mismatch is
 //! [`Error::UnexpectedReply`](crate::Error::UnexpectedReply), never a panic. Handles RESP2 and
 //! RESP3 shapes, and the nil entries Redis 6.2 puts in history reads and XAUTOCLAIM replies.
 
 use redis::Value;
 
 use super::Fields;
-use crate::{Error, Result};
+use crate::Result;
 
 /// One entry as read: its ID and fields, or `None` when its data was trimmed or deleted.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,44 +15,7 @@ pub(crate) struct RawEntry {
     pub fields: Option<Fields>,
 }
 
-fn bad(command: &str, what: &str, v: &Value) -> Error {
-    Error::unexpected(command, format!("expected {what}, got {v:?}"))
-}
-
-/// A bulk/simple string as UTF-8 text.
-pub(crate) fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        _ => None,
-    }
-}
-
-fn bytes(v: &Value) -> Option<Vec<u8>> {
-    match v {
-        Value::BulkString(b) => Some(b.clone()),
-        Value::SimpleString(s) => Some(s.as_bytes().to_vec()),
-        Value::VerbatimString { text, .. } => Some(text.as_bytes().to_vec()),
-        Value::Int(i) => Some(i.to_string().into_bytes()),
-        _ => None,
-    }
-}
-
-/// An integer, also when sent as a string.
-pub(crate) fn int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(i) => Some(*i),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-fn items<'a>(command: &str, v: &'a Value) -> Result<&'a [Value]> {
-    match v {
-        Value::Array(items) | Value::Set(items) => Ok(items),
-        other => Err(bad(command, "an array", other)),
-    }
-}
+pub(crate) use crate::script::reply::{bad, bytes, int, items, text};
 
 /// A flat `[field, value, …]` array (or a RESP3 map) as [`Fields`].
 pub(crate) fn fields(command: &str, v: &Value) -> Result<Fields> {

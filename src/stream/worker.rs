@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rand::Rng;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -468,7 +467,7 @@ impl Shutdown {
 /// restarted worker is the same consumer. Names made per poll leak consumers without bound.
 pub fn consumer_name() -> String {
     let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
-    format!("{host}-{}-{:08x}", std::process::id(), rand::rng().random::<u32>())
+    format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// A consumer-group worker over one stream. See the [module docs](super) for what it does.
@@ -705,7 +704,7 @@ impl Backoff {
         let base = 50u64 << self.0.min(5);
         self.0 += 1;
         let ms = base.min(2000);
-        Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms / 2))
+        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
     }
 
     fn reset(&mut self) {

@@ -102,7 +102,7 @@ fn main() -> ExitCode {
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 fn scripts(cmd: ScriptsCmd) -> CliResult {
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     match cmd {
         ScriptsCmd::List => {
             let width = bundle.iter().map(|s| s.name().len()).max().unwrap_or(0);
@@ -195,14 +195,14 @@ fn doctor(url: &str, json: bool) -> CliResult {
 }
 
 fn load(url: &str) -> CliResult {
-    let bundle = script::bundle()?;
+    let bundle = script::bundle();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let client = redis::Client::open(url)?;
         let mut con = client.get_multiplexed_async_connection().await?;
         let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut con).await?;
         let mut failed = false;
-        if info.contains("cluster_enabled:1") {
+        if redis_primitives::cluster::is_cluster(&info) {
             let cluster = redis::cluster::ClusterClient::new(vec![url])?;
             let mut ccon = cluster.get_async_connection().await?;
             for node in script::preload_cluster(&mut ccon).await? {

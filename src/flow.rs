@@ -1,0 +1,311 @@
+//! Multi-step operations (acquire with backoff, wait for a rate limit, wait for a cache fill,
+//! release with one resend) as sans-IO state machines ("flows"), in the style of
+//! [`script::invoke`](crate::script): a flow says what to do next (send this call, sleep this
+//! long, stop with this answer) and is told what happened; it never touches a socket or a clock
+//! other than `Instant::now()`. Two thin drivers move the bytes: [`run_async`] and
+//! [`run_blocking`]. So the async method and its `_blocking` twin make the same decisions, by
+//! construction, and the `twins!` macro below generates both from one definition.
+//!
+//! Deadlines: a flow may name the instant by which its current call must be answered
+//! ([`Flow::deadline`]). The async driver cuts the call there (the flow then sees
+//! [`Error::Timeout`]); the blocking driver cannot interrupt a blocking read, so a blocking call
+//! is bounded by its connection's read and write timeouts (see the crate docs), and the driver
+//! only checks the deadline between steps.
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use crate::script::{Invocation, Reply, ScriptCall};
+use crate::{Error, Result};
+
+/// What a flow asks its driver to do next.
+pub(crate) enum Step<T> {
+    /// Send this script call; its outcome comes back as [`Event::Reply`].
+    Call(Invocation<'static>),
+    /// Send this native command (named for error messages: a reset's `DEL`, a stream's `XADD`);
+    /// its outcome comes back as [`Event::Reply`].
+    Command(&'static str, redis::Cmd),
+    /// Sleep, then [`Event::Woke`].
+    Sleep(Duration),
+    /// Finished.
+    Done(Result<T>),
+}
+
+/// What happened since the last step.
+pub(crate) enum Event {
+    /// The outcome of the call: the raw reply (NOSCRIPT already recovered), or the error,
+    /// including [`Error::Timeout`] when the driver cut the call at the flow's deadline.
+    Reply(Result<Value>),
+    /// The sleep is over.
+    Woke,
+}
+
+/// A sans-IO multi-step operation.
+pub(crate) trait Flow {
+    /// The answer.
+    type Out;
+
+    /// The first step.
+    fn start(&mut self) -> Step<Self::Out>;
+
+    /// The next step, given what happened.
+    fn on(&mut self, event: Event) -> Step<Self::Out>;
+
+    /// By when the call about to be sent must be answered; `None`: no bound beyond the
+    /// connection's own. Asked before every call, so a flow can give its clean-up (a release
+    /// after a timed-out acquire) a grace period past the caller's deadline.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Runs a flow on an async connection (multiplexed, connection manager, cluster, pooled).
+pub(crate) async fn run_async<F, C>(mut flow: F, con: &mut C) -> Result<F::Out>
+where
+    F: Flow,
+    C: redis::aio::ConnectionLike + Send,
+{
+    let mut step = flow.start();
+    loop {
+        step = match step {
+            Step::Done(out) => return out,
+            Step::Sleep(d) => {
+                tokio::time::sleep(d).await;
+                flow.on(Event::Woke)
+            }
+            Step::Call(inv) => {
+                let reply = within(flow.deadline(), inv.script().name(), inv.query_async(con)).await;
+                flow.on(Event::Reply(reply))
+            }
+            Step::Command(name, cmd) => {
+                let reply = within(flow.deadline(), name, async {
+                    cmd.query_async::<Value>(con).await.map_err(Error::from)
+                })
+                .await;
+                flow.on(Event::Reply(reply))
+            }
+        }
+    }
+}
+
+/// Runs a flow on a blocking connection. Each call is bounded only by the connection's read and
+/// write timeouts; the deadline is checked between steps, and sleeps never run past it.
+pub(crate) fn run_blocking<F: Flow>(mut flow: F, con: &mut dyn redis::ConnectionLike) -> Result<F::Out> {
+    let mut step = flow.start();
+    loop {
+        step = match step {
+            Step::Done(out) => return out,
+            Step::Sleep(d) => {
+                std::thread::sleep(d);
+                flow.on(Event::Woke)
+            }
+            Step::Call(inv) => {
+                let reply = match flow.deadline() {
+                    Some(at) if Instant::now() >= at => Err(timeout(inv.script().name())),
+                    _ => inv.query(con),
+                };
+                flow.on(Event::Reply(reply))
+            }
+            Step::Command(name, cmd) => {
+                let reply = match flow.deadline() {
+                    Some(at) if Instant::now() >= at => Err(timeout(name)),
+                    _ => cmd.query::<Value>(con).map_err(Error::from),
+                };
+                flow.on(Event::Reply(reply))
+            }
+        }
+    }
+}
+
+/// Awaits `fut`, cut at `deadline` (if any) with [`Error::Timeout`] naming `what`.
+pub(crate) async fn within<T>(
+    deadline: Option<Instant>,
+    what: &str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match deadline {
+        None => fut.await,
+        Some(at) => match tokio::time::timeout_at(at.into(), fut).await {
+            Ok(out) => out,
+            Err(_) => Err(timeout(what)),
+        },
+    }
+}
+
+/// The error of a call cut at its deadline.
+pub(crate) fn timeout(what: &str) -> Error {
+    Error::Timeout(format!("{what}: no answer within the deadline (the call may have run on the server)"))
+}
+
+/// The simplest flow: one typed call, bounded by a deadline. What every single-call method of a
+/// primitive runs, so even a one-round-trip call returns within the primitive's deadline when
+/// the server is down or silent.
+pub(crate) struct Once<K> {
+    call: K,
+    deadline: Option<Instant>,
+    /// The script sent, for the reply's error messages.
+    script: &'static str,
+}
+
+impl<K: ScriptCall> Once<K> {
+    /// `call`, to be answered within `timeout` from now.
+    pub(crate) fn new(call: K, timeout: Duration) -> Self {
+        Once { call, deadline: Some(crate::rules::deadline(timeout)), script: "" }
+    }
+}
+
+impl<K: ScriptCall> Flow for Once<K> {
+    type Out = K::Output;
+
+    fn start(&mut self) -> Step<K::Output> {
+        match self.call.invocation() {
+            Ok(inv) => {
+                self.script = inv.script().name();
+                Step::Call(inv)
+            }
+            Err(e) => Step::Done(Err(e)),
+        }
+    }
+
+    fn on(&mut self, event: Event) -> Step<K::Output> {
+        Step::Done(match event {
+            Event::Reply(Ok(v)) => self.call.parse(Reply::new(self.script, v)),
+            Event::Reply(Err(e)) => Err(e),
+            Event::Woke => Err(Error::unexpected("flow", "woke without a sleep")),
+        })
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+/// Defines an async method and its `_blocking` twin from one definition: the same arguments,
+/// the same flow, the same docs. The async one takes any async connection (`&mut C` with
+/// `C: redis::aio::ConnectionLike + Send`: multiplexed, connection manager, cluster, a pooled
+/// connection), the blocking one any `&mut dyn redis::ConnectionLike`.
+///
+/// ```ignore
+/// twins! {
+///     /// Checks and consumes: one atomic call.
+///     cancel: "Cancelling may leave the request counted (the call may have run).",
+///     pub fn check / check_blocking (&self, subject: &str, request: impl Into<Request>) -> Decision
+///         = self.check_flow(subject, request.into());
+/// }
+/// ```
+#[allow(unused_macros)]
+macro_rules! twins {
+    ($(
+        $(#[doc = $doc:expr])*
+        cancel: $cancel:expr,
+        $vis:vis fn $name:ident / $blocking:ident $(<$($lt:lifetime),+>)?
+            (&$self:ident $(, $arg:ident : $ty:ty)* $(,)?) -> $out:ty
+            = $flow:expr;
+    )*) => {$(
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("Blocking twin: [`", stringify!($blocking), "`](Self::", stringify!($blocking), ").")]
+        ///
+        /// # Cancel safety
+        ///
+        #[doc = $cancel]
+        $vis async fn $name<$($($lt,)+)? C>(&$self, con: &mut C $(, $arg: $ty)*) -> $crate::Result<$out>
+        where
+            C: $crate::redis::aio::ConnectionLike + Send,
+        {
+            $crate::flow::run_async($flow, con).await
+        }
+
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("The blocking twin of [`", stringify!($name), "`](Self::", stringify!($name), "): \
+            the same flow, on a blocking connection. Each round trip is bounded by the connection's \
+            read and write timeouts (set them: a blocking connection has none by default).")]
+        $vis fn $blocking$(<$($lt),+>)?(&$self, con: &mut dyn $crate::redis::ConnectionLike $(, $arg: $ty)*) -> $crate::Result<$out> {
+            $crate::flow::run_blocking($flow, con)
+        }
+    )*};
+}
+
+#[allow(unused_imports)] // used by the areas as they move onto flows
+pub(crate) use twins;
+
+/// A flow whose answer goes through `f`: how a single-limit check reuses the multi-limit one.
+pub(crate) struct Map<F, G> {
+    flow: F,
+    f: Option<G>,
+}
+
+/// `flow`, with its answer mapped by `f`.
+pub(crate) fn map<F: Flow, G: FnOnce(F::Out) -> Result<T>, T>(flow: F, f: G) -> Map<F, G> {
+    Map { flow, f: Some(f) }
+}
+
+impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Flow for Map<F, G> {
+    type Out = T;
+
+    fn start(&mut self) -> Step<T> {
+        let step = self.flow.start();
+        self.mapped(step)
+    }
+
+    fn on(&mut self, event: Event) -> Step<T> {
+        let step = self.flow.on(event);
+        self.mapped(step)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.flow.deadline()
+    }
+}
+
+impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Map<F, G> {
+    fn mapped(&mut self, step: Step<F::Out>) -> Step<T> {
+        match step {
+            Step::Call(inv) => Step::Call(inv),
+            Step::Command(name, cmd) => Step::Command(name, cmd),
+            Step::Sleep(d) => Step::Sleep(d),
+            Step::Done(out) => match self.f.take() {
+                Some(f) => Step::Done(out.and_then(f)),
+                None => Step::Done(Err(Error::unexpected("flow", "finished twice"))),
+            },
+        }
+    }
+}
+
+/// One native command, bounded by a deadline: the single-command twin of [`Once`].
+pub(crate) struct OnceCommand {
+    name: &'static str,
+    cmd: Option<redis::Cmd>,
+    deadline: Option<Instant>,
+}
+
+impl OnceCommand {
+    /// `cmd` (named `name` in errors), to be answered within `timeout` from now.
+    pub(crate) fn new(name: &'static str, cmd: redis::Cmd, timeout: Duration) -> Self {
+        OnceCommand { name, cmd: Some(cmd), deadline: Some(crate::rules::deadline(timeout)) }
+    }
+}
+
+impl Flow for OnceCommand {
+    type Out = Value;
+
+    fn start(&mut self) -> Step<Value> {
+        match self.cmd.take() {
+            Some(cmd) => Step::Command(self.name, cmd),
+            None => Step::Done(Err(Error::unexpected("flow", "started twice"))),
+        }
+    }
+
+    fn on(&mut self, event: Event) -> Step<Value> {
+        Step::Done(match event {
+            Event::Reply(reply) => reply,
+            Event::Woke => Err(Error::unexpected("flow", "woke without a sleep")),
+        })
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
