@@ -5,9 +5,11 @@
 //! with every integer exact (|x| < 2^53: no -2^63 from an overflow), or an error reply whose code
 //! its header declares (or Redis' own WRONGTYPE), and an error reply must leave every key of the
 //! call exactly as it was (DUMP and TTL compared). No call may take 100 ms of server time
-//! (SLOWLOG): the keys here are small, so that bound only trips on runaway work (a loop, a scan),
-//! never on a busy machine's scheduling (a 20 ms stall was seen here under a parallel build;
-//! 100 ms is five times that). tests/worst_case.rs measures the real bounds on large keys.
+//! (SLOWLOG): the keys here are small, so that bound only trips on runaway work (a loop, a scan).
+//! A loaded machine can stall one call that long (seen here at a load average of 12), so a
+//! script with a slow call runs its generated calls again from empty keys: runaway work comes
+//! back on the same inputs, a stall does not. tests/worst_case.rs measures the real bounds on
+//! large keys.
 
 mod common;
 
@@ -464,12 +466,26 @@ fn run_all(server: &Server, label: &str) {
         redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(100_000).query(&mut con).unwrap();
     let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut con).unwrap();
     for (i, s) in script::bundle().iter().enumerate() {
+        let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut con).unwrap();
         let report = run_script(server, s, i as u64, label);
         eprintln!("{label} {}: {} calls, error replies {:?}", s.name(), report.calls, report.errors);
         assert_eq!(report.calls, CALLS);
+        let slow: Vec<Value> = redis::cmd("SLOWLOG").arg("GET").arg(128).query(&mut con).unwrap();
+        if !slow.is_empty() {
+            // Runaway work comes back on the same inputs; a stall of a loaded machine does not:
+            // the same generated calls again, from the same (empty) keys.
+            eprintln!("{label} {}: {} call(s) over 100 ms; running its calls again", s.name(), slow.len());
+            let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+            let _: () = redis::cmd("SLOWLOG").arg("RESET").query(&mut con).unwrap();
+            run_script(server, s, i as u64, label);
+            let again: Vec<Value> = redis::cmd("SLOWLOG").arg("GET").arg(128).query(&mut con).unwrap();
+            assert!(
+                again.is_empty(),
+                "{label} {}: calls over 100 ms of server time, twice: {again:?}",
+                s.name()
+            );
+        }
     }
-    let slow: Vec<Value> = redis::cmd("SLOWLOG").arg("GET").arg(128).query(&mut con).unwrap();
-    assert!(slow.is_empty(), "{label}: calls over 100 ms of server time: {slow:?}");
 }
 
 #[test]

@@ -19,11 +19,12 @@ if #ARGV ~= 3 then
   return redis.error_reply('BADARG argc: expected 3 (got ' .. #ARGV .. ')')
 end
 local token, lease_ms, early = ARGV[1], ARGV[2], ARGV[3]
--- Patterns, not tonumber: tonumber takes 'inf', '0x10' and '1e3'. 15 digits stay exact.
-if not string.find(lease_ms, '^%d+$') or #lease_ms > 15 then
+local find, tonumber = string.find, tonumber
+-- Patterns, not tonumber alone: tonumber takes 'inf', '0x10' and '1e3'. 15 digits stay exact.
+if lease_ms ~= '0' and (not find(lease_ms, '^%d+$') or #lease_ms > 15) then
   return redis.error_reply('BADARG lease_ms: must be an integer 0..999999999999999')
 end
-if not string.find(early, '^%d+$') or #early > 15 then
+if early ~= '0' and (not find(early, '^%d+$') or #early > 15) then
   return redis.error_reply('BADARG early: must be an integer 0..999999999999999')
 end
 lease_ms, early = tonumber(lease_ms), tonumber(early)
@@ -44,20 +45,24 @@ end
 local gen = e[2] or '0'
 version = version or '0'
 -- Versions and generations stay below 2^53 (exact doubles): anything else was not written here.
-if not string.find(version, '^%d+$') or #version > 16 or tonumber(version) > 9007199254740991
-    or not string.find(gen, '^%d+$') or #gen > 16 or tonumber(gen) > 9007199254740991 then
+local v, g = tonumber(version), tonumber(gen)
+if #version > 16 or #gen > 16 or not find(version .. ':' .. gen, '^%d+:%d+$')
+    or v > 9007199254740991 or g > 9007199254740991 then
   return redis.error_reply('CORRUPT version or generation: not an integer 0..9007199254740991')
 end
-local v, g = tonumber(version), tonumber(gen)
 
 -- Takes the lease (SET NX), or finds it already ours (a retried call): the lease is the single
 -- flight, so only its holder computes while everyone else is served or waits. SET NX writes
 -- nothing when the key exists, whatever its type; the pcall'd GET then reports a wrong type.
-local function take_lease()
-  if redis.call('SET', KEYS[3], token, 'NX', 'PX', lease_ms) then
-    return true
+-- Made only for calls that may take one.
+local take_lease
+if lease_ms > 0 then
+  take_lease = function()
+    if redis.call('SET', KEYS[3], token, 'NX', 'PX', lease_ms) then
+      return true
+    end
+    return redis.pcall('GET', KEYS[3])
   end
-  return redis.pcall('GET', KEYS[3])
 end
 
 -- The entry counts only if written under the current version: a bump makes every older entry a

@@ -1,6 +1,6 @@
 --- @name lock.semaphore_acquire
 --- @summary Take one of N leased permits (or refresh ours); expired leases are freed first, at most 64 per call.
---- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms); the key expires with its latest lease
+--- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms); the key expires between its latest lease's end and s later, s = min(ttl_ms / 8, 10000) of the lease that set it
 --- @arg 1 token string random lease token (1..256 bytes)
 --- @arg 2 permits integer>=1 the most holders at once (at most 15 digits)
 --- @arg 3 ttl_ms integer>=1 lease length in milliseconds (at most 15 digits)
@@ -78,8 +78,9 @@ if not held and live >= permits then
   return {0, math.max(score - now, 1), live}
 end
 
--- The key lives exactly as long as its latest lease, so an abandoned semaphore vanishes. Our
--- writes always leave an expiry; none (-1) means a key we did not write: its latest lease counts.
+-- The key outlives its latest lease by at most s, so an abandoned semaphore vanishes; the slack
+-- spares most acquires a PEXPIREAT. Our writes always leave an expiry; none (-1) means a key we
+-- did not write: its latest lease counts.
 local pttl = redis.call('PTTL', KEYS[1])
 local until_ms = now + pttl
 if pttl == -1 then
@@ -96,6 +97,7 @@ if not held then
   live = live + ((expired > 0 or live >= permits) and 1 or added)
 end
 if until_ms < expiry or pttl == -1 then
-  redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.max(until_ms, expiry)))
+  local slack = math.min(math.floor(ttl / 8), 10000)
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.max(until_ms, expiry + slack)))
 end
 return {1, ttl, live}

@@ -162,19 +162,32 @@ local ceil, floor = math.ceil, math.floor
 
 -- The newest stored entry that, with the entries after it, sums to more than `over`: when it
 -- leaves the window, a request of this cost fits. Every cost is >= 1, so it lies at most `over`
--- entries from the head, and every entry further back qualifies too: a binary search whose first
--- probe is one entry newer than that bound (exact at once when costs are equal).
+-- entries from the head, and every entry further back qualifies too: read the bound and the entry
+-- just newer (the answer at once when costs are equal), else search by halves.
 local function deciding(i, s, over)
-  local hi = over
-  local ts = parse(redis.call('LINDEX', KEYS[i], hi) or '')
-  if not ts then
-    hi = math.min(hi, redis.call('LLEN', KEYS[i]) - 1 - s.expired)
+  -- The bound and the entry just newer, in one read (a list walk each).
+  local pair = redis.call('LRANGE', KEYS[i], over > 0 and over - 1 or 0, over)
+  local hi, ts
+  local lo = 0
+  if over > 0 and pair[2] then
+    ts = parse(pair[2])
+    local nts, cum, c = parse(pair[1])
+    if not (ts and nts) then
+      corrupt = corrupt or i
+      return 0
+    end
+    if (s.total - cum + c) % M <= over then
+      return ts
+    end
+    hi, ts = over - 1, nts
+  elseif over == 0 and pair[1] then
+    return parse(pair[1]) or 0
+  else
+    hi = math.min(over, redis.call('LLEN', KEYS[i]) - 1 - s.expired)
     ts = at(i, hi)
   end
-  local lo, guess = 0, true
   while lo < hi do
-    local mid = guess and hi - 1 or floor((lo + hi) / 2)
-    guess = false
+    local mid = floor((lo + hi) / 2)
     local mts, cum, c = at(i, mid)
     if (s.total - cum + c) % M > over then
       hi, ts = mid, mts

@@ -77,22 +77,18 @@ if #entry[2] > 2000 then
   return redis.error_reply('TOOBIG entry: ' .. #entry[2] / 2 .. ' fields, one call copies at most 1000')
 end
 
-local args = {}
-if maxlen ~= '0' then
-  args[#args + 1] = 'MAXLEN'
-  args[#args + 1] = '~'
-  args[#args + 1] = maxlen
+local args = {'MAXLEN', '~', maxlen, '*', 'dead:id', id, 'dead:reason', reason,
+  'dead:deliveries', string.format('%d', deliveries), 'dead:group', group, 'dead:consumer', consumer}
+local first = 1
+if maxlen == '0' then
+  first = 4
 end
-args[#args + 1] = '*'
-for _, v in ipairs({'dead:id', id, 'dead:reason', reason, 'dead:deliveries', string.format('%d', deliveries),
-                    'dead:group', group, 'dead:consumer', consumer}) do
-  args[#args + 1] = v
-end
-for _, v in ipairs(entry[2]) do
-  args[#args + 1] = v
+local fields, n = entry[2], #args
+for i = 1, #fields do
+  args[n + i] = fields[i]
 end
 -- The first write: when it fails (the dead key holds another type), nothing was written yet.
-local dead = redis.pcall('XADD', KEYS[2], unpack(args))
+local dead = redis.pcall('XADD', KEYS[2], unpack(args, first))
 if type(dead) == 'table' and dead.err then
   return dead
 end
