@@ -1,6 +1,6 @@
 --- @name lock.semaphore_extend
 --- @summary Push a live semaphore lease's expiry to ttl_ms from now.
---- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms); the key expires with its latest lease
+--- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms); the key expires at its latest lease's end or up to min(ttl_ms / 8, 10000) ms later (see lock.semaphore_acquire)
 --- @arg 1 token string the lease token given to lock.semaphore_acquire (1..256 bytes)
 --- @arg 2 ttl_ms integer>=1 new lease length in milliseconds, from now (at most 15 digits)
 --- @returns integer 1 extended, 0 no live lease for this token (the holder must stop acting)
