@@ -288,11 +288,7 @@ pub const METRICS: &[Metric] = &[
         "Releases after a failed or cancelled acquire; confirmed: whether the server answered.",
     ),
     counter(LEASE_RENEWALS, &["kind"], "Watchdog renewals that succeeded."),
-    counter(
-        LEASE_LOSSES,
-        &["kind", "reason"],
-        "Leases a holder lost; reason: not_held, expired, max_hold.",
-    ),
+    counter(LEASE_LOSSES, &["kind", "reason"], "Leases a holder lost; reason: not_held, expired, max_hold."),
     counter(
         CACHE_LOOKUPS,
         &["segment", "outcome"],
@@ -358,7 +354,8 @@ pub fn describe() {
 pub(crate) fn ratelimit_decision(limiter: &str, allowed: bool) {
     let decision = if allowed { "allowed" } else { "refused" };
     #[cfg(feature = "metrics")]
-    metrics::counter!(RATELIMIT_DECISIONS, "limiter" => limiter.to_owned(), "decision" => decision).increment(1);
+    metrics::counter!(RATELIMIT_DECISIONS, "limiter" => limiter.to_owned(), "decision" => decision)
+        .increment(1);
     #[cfg(feature = "tracing")]
     tracing::trace!(limiter, decision, "rate limit decision");
 }
@@ -417,7 +414,8 @@ pub(crate) fn lease_lost(kind: LeaseKind, name: &str, reason: &'static str) {
 /// A cache read's outcome.
 pub(crate) fn cache_lookup(segment: &str, outcome: CacheOutcome) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(CACHE_LOOKUPS, "segment" => segment.to_owned(), "outcome" => outcome.as_str()).increment(1);
+    metrics::counter!(CACHE_LOOKUPS, "segment" => segment.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
     #[cfg(feature = "tracing")]
     tracing::trace!(segment, outcome = outcome.as_str(), "cache lookup");
 }
@@ -427,14 +425,20 @@ pub(crate) fn cache_lookup(segment: &str, outcome: CacheOutcome) {
 pub(crate) fn cache_fill(segment: &str, outcome: FillOutcome, compute: Duration) {
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!(CACHE_FILLS, "segment" => segment.to_owned(), "outcome" => outcome.as_str()).increment(1);
+        metrics::counter!(CACHE_FILLS, "segment" => segment.to_owned(), "outcome" => outcome.as_str())
+            .increment(1);
         if matches!(outcome, FillOutcome::Computed | FillOutcome::Refused | FillOutcome::Failed) {
             metrics::histogram!(CACHE_FILL_COMPUTE_SECONDS, "segment" => segment.to_owned())
                 .record(compute.as_secs_f64());
         }
     }
     #[cfg(feature = "tracing")]
-    tracing::debug!(segment, outcome = outcome.as_str(), compute_ms = compute.as_millis() as u64, "cache fill");
+    tracing::debug!(
+        segment,
+        outcome = outcome.as_str(),
+        compute_ms = compute.as_millis() as u64,
+        "cache fill"
+    );
 }
 
 /// `n` worker events of one kind.
@@ -449,8 +453,12 @@ pub(crate) fn worker(stream: &str, group: &str, event: WorkerEvent, n: u64) {
             WorkerEvent::DeadLettered | WorkerEvent::ReadAbandoned => {
                 tracing::warn!(stream, group, event = e, n, "worker event")
             }
-            WorkerEvent::Reclaimed | WorkerEvent::Gone => tracing::info!(stream, group, event = e, n, "worker event"),
-            WorkerEvent::Failed | WorkerEvent::Retried => tracing::debug!(stream, group, event = e, n, "worker event"),
+            WorkerEvent::Reclaimed | WorkerEvent::Gone => {
+                tracing::info!(stream, group, event = e, n, "worker event")
+            }
+            WorkerEvent::Failed | WorkerEvent::Retried => {
+                tracing::debug!(stream, group, event = e, n, "worker event")
+            }
             WorkerEvent::Handled => tracing::trace!(stream, group, event = e, n, "worker event"),
         }
     }
@@ -478,7 +486,8 @@ pub(crate) fn http_request(layer: &str, outcome: HttpOutcome) {
 /// what gets logged.
 pub(crate) fn http_limiter_error(layer: &str, error: &Error, policy: &'static str, first: bool) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(HTTP_LIMITER_ERRORS, "layer" => layer.to_owned(), "error" => error_kind(error)).increment(1);
+    metrics::counter!(HTTP_LIMITER_ERRORS, "layer" => layer.to_owned(), "error" => error_kind(error))
+        .increment(1);
     #[cfg(feature = "tracing")]
     if first {
         tracing::warn!(layer, error = %error, policy, "rate limiter unavailable: applying the failure policy");
@@ -654,7 +663,8 @@ impl<'a> CallSpan<'a> {
         }
         #[cfg(feature = "metrics")]
         if !self.script.is_empty() {
-            metrics::counter!(SCRIPT_CALLS, "script" => self.script.to_owned(), "outcome" => kind).increment(1);
+            metrics::counter!(SCRIPT_CALLS, "script" => self.script.to_owned(), "outcome" => kind)
+                .increment(1);
             metrics::histogram!(SCRIPT_CALL_SECONDS, "script" => self.script.to_owned())
                 .record(self.started.elapsed().as_secs_f64());
         }
@@ -740,7 +750,11 @@ mod tests {
             let row = table.iter().find(|l| l.contains(&format!("`{}`", m.name)));
             let row = row.unwrap_or_else(|| panic!("{} missing from the README table", m.name));
             for label in m.labels {
-                assert!(row.contains(&format!("`{label}`")), "{}: label {label} not in the README row", m.name);
+                assert!(
+                    row.contains(&format!("`{label}`")),
+                    "{}: label {label} not in the README row",
+                    m.name
+                );
             }
         }
         for name in &listed {
@@ -786,7 +800,10 @@ mod tests {
         assert_eq!(c(CACHE_LOOKUPS, &[("segment", "users"), ("outcome", "stale")]), 1);
         assert_eq!(c(CACHE_FILLS, &[("segment", "users"), ("outcome", "computed")]), 1);
         assert_eq!(m.histogram(CACHE_FILL_COMPUTE_SECONDS, &[("segment", "users")]), vec![0.005]);
-        assert_eq!(c(WORKER_EVENTS, &[("stream", "orders"), ("group", "billing"), ("event", "reclaimed")]), 3);
+        assert_eq!(
+            c(WORKER_EVENTS, &[("stream", "orders"), ("group", "billing"), ("event", "reclaimed")]),
+            3
+        );
         assert_eq!(c(WORKER_EVENTS, &[("event", "dead_lettered")]), 1);
         assert_eq!(c(NOSCRIPT_RELOADS, &[("script", "lock.acquire"), ("recovered", "true")]), 1);
         assert_eq!(c(HTTP_REQUESTS, &[("layer", "edge"), ("outcome", "fallback_refused")]), 1);

@@ -96,7 +96,13 @@ impl Subscriber for Traces {
         attrs.record(&mut Fields(&mut fields));
         let m = attrs.metadata();
         let mut seen = self.seen.lock().unwrap();
-        seen.spans.push(SpanRec { name: m.name(), target: m.target(), level: *m.level(), fields, closed: false });
+        seen.spans.push(SpanRec {
+            name: m.name(),
+            target: m.target(),
+            level: *m.level(),
+            fields,
+            closed: false,
+        });
         let id = seen.spans.len() as u64;
         self.refs.lock().unwrap().insert(id, 1);
         Id::from_u64(id)
@@ -227,7 +233,11 @@ impl Metrics {
     /// The sum of the counters named `name` whose labels include `labels`.
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let v = self.values.lock().unwrap();
-        v.counters.iter().filter(|(k, _)| matches(k, name, labels)).map(|(_, c)| c.load(Ordering::Relaxed)).sum()
+        v.counters
+            .iter()
+            .filter(|(k, _)| matches(k, name, labels))
+            .map(|(_, c)| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Every value recorded into the histograms named `name` whose labels include `labels`.

@@ -486,7 +486,13 @@ struct CallPlan<'a, 's> {
 
 impl<'a, 's> CallPlan<'a, 's> {
     fn new(inv: &'a Invocation<'s>) -> Self {
-        CallPlan { inv, read_only: inv.wants_read_only(), recovering: false, trips: 0, noscript: NoScript::None }
+        CallPlan {
+            inv,
+            read_only: inv.wants_read_only(),
+            recovering: false,
+            trips: 0,
+            noscript: NoScript::None,
+        }
     }
 }
 

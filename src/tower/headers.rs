@@ -110,7 +110,8 @@ impl Headers {
                 }
                 // The effective window: until this limit would admit the request (when it
                 // refused), else until it is full again.
-                let t = if limit.retry_after > Duration::ZERO { limit.retry_after } else { limit.reset_after };
+                let t =
+                    if limit.retry_after > Duration::ZERO { limit.retry_after } else { limit.reset_after };
                 let _ = write!(value, "{name};r={};t={}", limit.remaining, ceil_secs(t));
             }
             if let Some(p) = &self.policy {
@@ -126,11 +127,9 @@ impl Headers {
                 .and_then(|i| d.limits.get(i))
                 .or_else(|| d.limits.iter().min_by_key(|l| l.remaining));
             if let Some(l) = binding {
-                for (name, v) in [
-                    (&X_LIMIT, l.limit),
-                    (&X_REMAINING, l.remaining),
-                    (&X_RESET, ceil_secs(l.reset_after)),
-                ] {
+                for (name, v) in
+                    [(&X_LIMIT, l.limit), (&X_REMAINING, l.remaining), (&X_RESET, ceil_secs(l.reset_after))]
+                {
                     if !into.contains_key(name) {
                         into.insert(name.clone(), HeaderValue::from(v));
                     }
@@ -177,8 +176,20 @@ mod tests {
     #[test]
     fn ietf_fields_and_x_ratelimit() {
         let limits = MultiLimit::new()
-            .with(RateLimiter::new("per \"user\"", SlidingWindow::new(10, Duration::from_millis(1500)).unwrap()).unwrap())
-            .with(RateLimiter::new("tenant", Gcra::new(2, Duration::from_secs(1)).unwrap().with_burst(10).unwrap()).unwrap());
+            .with(
+                RateLimiter::new(
+                    "per \"user\"",
+                    SlidingWindow::new(10, Duration::from_millis(1500)).unwrap(),
+                )
+                .unwrap(),
+            )
+            .with(
+                RateLimiter::new(
+                    "tenant",
+                    Gcra::new(2, Duration::from_secs(1)).unwrap().with_burst(10).unwrap(),
+                )
+                .unwrap(),
+            );
         let h = Headers::new(HeaderStyle::Both, &limits);
         let d = MultiDecision {
             allowed: false,

@@ -245,7 +245,9 @@ impl Refusal {
     pub fn status(&self) -> StatusCode {
         match (self.reason, &self.error) {
             (RefusalReason::Unavailable, _) => StatusCode::SERVICE_UNAVAILABLE,
-            (RefusalReason::Invalid, Some(Error::InsufficientCapacity { .. })) => StatusCode::TOO_MANY_REQUESTS,
+            (RefusalReason::Invalid, Some(Error::InsufficientCapacity { .. })) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             (RefusalReason::Invalid, _) => StatusCode::BAD_REQUEST,
             _ => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -324,7 +326,10 @@ pub struct Builder<C, R = DefaultRefusal> {
 
 impl<C, R> std::fmt::Debug for Builder<C, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Builder").field("limits", &self.limits).field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Builder")
+            .field("limits", &self.limits)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -413,10 +418,12 @@ impl<C, R> Builder<C, R> {
     /// The layer. Refuses no key extractor, no limit, limits of mixed algorithms (one script call
     /// takes one algorithm), and `Local { replicas: 0 }`.
     pub fn build(self) -> Result<RateLimitLayer<C, R>> {
-        let key = self.key.ok_or_else(|| Error::invalid("key", "a key extractor is required (Builder::key)"))?;
+        let key =
+            self.key.ok_or_else(|| Error::invalid("key", "a key extractor is required (Builder::key)"))?;
         let limiters = self.limits.limiters();
         let first = limiters.first().ok_or_else(|| Error::invalid("limits", "at least one limit"))?;
-        if limiters.iter().any(|l| std::mem::discriminant(l.limit()) != std::mem::discriminant(first.limit())) {
+        if limiters.iter().any(|l| std::mem::discriminant(l.limit()) != std::mem::discriminant(first.limit()))
+        {
             return Err(Error::invalid(
                 "limits",
                 "one layer takes limits of one algorithm (one script call decides them all); stack two layers",
@@ -424,12 +431,13 @@ impl<C, R> Builder<C, R> {
         }
         let local = match self.on_failure {
             OnFailure::Local { replicas: 0 } => return Err(Error::invalid("replicas", "must be at least 1")),
-            OnFailure::Local { replicas } => Some(local::Local::new(&self.limits, replicas, self.fallback_max_keys)),
+            OnFailure::Local { replicas } => {
+                Some(local::Local::new(&self.limits, replicas, self.fallback_max_keys))
+            }
             _ => None,
         };
-        let name = self
-            .name
-            .unwrap_or_else(|| limiters.iter().map(RateLimiter::name).collect::<Vec<_>>().join("+"));
+        let name =
+            self.name.unwrap_or_else(|| limiters.iter().map(RateLimiter::name).collect::<Vec<_>>().join("+"));
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 headers: headers::Headers::new(self.style, &self.limits),
@@ -579,7 +587,12 @@ where
                     let headers = self.describe(&d);
                     let retry_after = Some(d.retry_after);
                     Verdict::Refuse(
-                        Refusal { reason: RefusalReason::Limited, decision: Some(d), error: None, retry_after },
+                        Refusal {
+                            reason: RefusalReason::Limited,
+                            decision: Some(d),
+                            error: None,
+                            retry_after,
+                        },
                         Some(headers),
                     )
                 }
@@ -622,7 +635,12 @@ where
                     self.report(HttpOutcome::FallbackRefused);
                     let retry_after = Some(d.retry_after);
                     Verdict::Refuse(
-                        Refusal { reason: RefusalReason::FallbackLimited, decision: Some(d), error, retry_after },
+                        Refusal {
+                            reason: RefusalReason::FallbackLimited,
+                            decision: Some(d),
+                            error,
+                            retry_after,
+                        },
                         Some(headers),
                     )
                 }
