@@ -36,7 +36,7 @@
 //! let con = redis::Client::open("redis://127.0.0.1:6379")?.get_connection_manager().await?;
 //! let per_key = RateLimiter::new("api", SlidingWindow::new(100, Duration::from_secs(60))?)?;
 //! let layer = RateLimitLayer::builder(con, per_key)
-//!     .key(|req| req.headers().get("x-api-key")?.to_str().ok().map(Key::new))
+//!     .key(|req| req.headers.get("x-api-key")?.to_str().ok().map(Key::new))
 //!     .headers(HeaderStyle::Both)
 //!     .deadline(Duration::from_millis(100))
 //!     .on_failure(OnFailure::Local { replicas: 4 })
