@@ -5,6 +5,9 @@
 //! redis-server: our API, a raw redis-rs EVALSHA of the same script with the same arguments,
 //! and the hand-rolled baseline a user would write without this crate.
 
+#[cfg(feature = "tower")]
+pub mod tower;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -662,6 +665,8 @@ pub struct Report {
     pub memory: Vec<(&'static str, i64)>,
     /// Per run: (handler concurrency, ours msgs/s, raw msgs/s).
     pub consume: Vec<Vec<(usize, f64, f64)>>,
+    /// Sections of optional features (the tower layer), as markdown.
+    pub sections: Vec<String>,
 }
 
 /// Runs every case against the server at `client`.
@@ -722,8 +727,12 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
         server_cost.push((case.name, server_usec_per_call(&mut con, case, config.ops_c1.min(2000)).await));
     }
     let memory = memory(&mut con).await;
+    #[allow(unused_mut)]
+    let mut sections = Vec::new();
+    #[cfg(feature = "tower")]
+    sections.push(tower::markdown(&tower::measure(&conns, config).await));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume }
+    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume, sections }
 }
 
 /// (median, min, max).
@@ -836,6 +845,9 @@ impl Report {
         md.push_str("\n## Memory\n\n`MEMORY USAGE key SAMPLES 0`:\n\n| state | bytes |\n|---|---|\n");
         for (what, bytes) in &self.memory {
             md.push_str(&format!("| {what} | {bytes} |\n"));
+        }
+        for section in &self.sections {
+            md.push_str(section);
         }
         md
     }
