@@ -455,6 +455,16 @@ async fn mixed_algorithms_and_bad_policies_are_refused_at_build() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("replicas"), "{err}");
-    let err = RateLimitLayer::builder(con, sliding("a", 1, Duration::from_secs(1))).build().unwrap_err();
+    let err =
+        RateLimitLayer::builder(con.clone(), sliding("a", 1, Duration::from_secs(1))).build().unwrap_err();
     assert!(err.to_string().contains("key extractor"), "{err}");
+    // Extreme durations are accepted and saturate (no overflow, no panic).
+    RateLimitLayer::builder(con, sliding("a", 1, Duration::from_secs(1)))
+        .key(header_key("x"))
+        .deadline(Duration::MAX)
+        .retry_redis_after(Duration::MAX)
+        .on_failure(OnFailure::Local { replicas: u32::MAX })
+        .fallback_max_keys(0)
+        .build()
+        .unwrap();
 }

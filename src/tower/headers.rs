@@ -48,7 +48,7 @@ pub(crate) static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-res
 
 /// Whole seconds, rounded up: a client that waits this long has waited long enough.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 /// A Structured Field String of `name`: printable ASCII, `"` and `\` escaped; any other byte
@@ -207,6 +207,7 @@ mod tests {
         assert_eq!(map[&X_RESET], "5");
         assert_eq!(map[http::header::RETRY_AFTER], "3");
         assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
         let mut s = String::new();
         sf_string(&mut s, "é\\x");
         assert_eq!(s, r#""_\\x""#);

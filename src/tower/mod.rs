@@ -599,7 +599,8 @@ where
             }
             Err(e @ (Error::InvalidArgument { .. } | Error::InsufficientCapacity { .. })) => self.invalid(e),
             Err(e) => {
-                let until = self.now_ms().saturating_add(self.retry_redis_after.as_millis() as u64);
+                let pause = self.retry_redis_after.as_millis().min(u128::from(u64::MAX)) as u64;
+                let until = self.now_ms().saturating_add(pause);
                 let first = self.down_until.swap(until, Ordering::Relaxed) == 0;
                 telemetry::http_limiter_error(&self.name, &e, self.on_failure.name(), first);
                 self.fail(&subjects, key.cost, Some(e))
