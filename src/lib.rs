@@ -26,7 +26,7 @@
 
 pub mod acl;
 pub mod cache;
-mod cluster;
+pub mod cluster;
 pub mod doctor;
 mod error;
 pub(crate) mod flow;

@@ -8,7 +8,7 @@
 mod fake;
 pub mod telemetry;
 
-pub use fake::{FakeServer, dead_url};
+pub use fake::{FakeServer, dead_url, quiet_client};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
