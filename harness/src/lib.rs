@@ -6,6 +6,7 @@
 //! is gone, so servers shared through a `static` do not outlive the test binary.
 
 mod fake;
+mod faults;
 pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
