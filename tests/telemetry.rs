@@ -158,3 +158,70 @@ fn describe_registers_every_metric() {
         assert_eq!(described.get(metric.name).map(String::as_str), Some(metric.help));
     }
 }
+
+/// A stream worker's events reach the metrics (equal to its own report) and the log: a poison
+/// message reclaimed and dead-lettered.
+#[tokio::test]
+async fn worker_reclaims_and_dead_letters_are_counted_and_logged() {
+    use redis_primitives::stream::{Delivery, Producer, Retention, Shutdown, Stream, Worker, WorkerOptions};
+
+    let server = Server::start();
+    let client = server.client();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let name = unique("telemetry-stream");
+    let stream = Stream::new(&name).unwrap();
+    let producer = Producer::new(stream.clone(), Retention::MaxLen(1000)).unwrap();
+    for i in 0..5 {
+        producer.add(&mut con, [("n", i.to_string())]).await.unwrap();
+    }
+    // The worker's tasks run on this thread (current-thread runtime): the scoped subscriber and
+    // recorder see them.
+    let (traces, m, _guard) = capture();
+    let _recorder = metrics::set_default_local_recorder(&m);
+    let opts = WorkerOptions::default()
+        .block(Duration::from_millis(200))
+        .max_deliveries(2)
+        .min_idle(Duration::from_millis(100))
+        .claim_interval(Duration::from_millis(50));
+    let connector: redis_primitives::stream::Connector = client.into();
+    let worker = Worker::new(connector, stream.clone(), "g", "c1", opts).unwrap();
+    let shutdown = Shutdown::new();
+    let wait = shutdown.wait();
+    let task = tokio::spawn(async move {
+        worker
+            .run(
+                |d: Delivery| async move {
+                    if d.fields.get_str("n") == Some("3") { Err("poison".to_owned()) } else { Ok(()) }
+                },
+                wait,
+            )
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while stream.dead_len(&mut con).await.unwrap() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the poison message was not dead-lettered in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.trigger();
+    let report = task.await.unwrap().unwrap();
+
+    let count = |event: &str| {
+        m.counter(
+            "redis_primitives_worker_events_total",
+            &[("stream", &name), ("group", "g"), ("event", event)],
+        )
+    };
+    assert_eq!(count("dead_lettered"), 1);
+    assert_eq!(
+        (count("handled"), count("failed"), count("reclaimed"), count("dead_lettered")),
+        (report.processed, report.failed, report.reclaimed, report.dead_lettered),
+        "the metrics equal the worker's own report: {report:?}"
+    );
+    assert!(report.reclaimed >= 1, "the failed delivery came back through reclaim: {report:?}");
+    let events = traces.events_with("worker event");
+    let level = |event: &str| {
+        events.iter().find(|e| e.fields["event"] == event && e.fields["stream"] == name).map(|e| e.level)
+    };
+    assert_eq!(level("dead_lettered"), Some(tracing::Level::WARN));
+    assert_eq!(level("reclaimed"), Some(tracing::Level::INFO));
+}
