@@ -7,6 +7,7 @@
 
 mod fake;
 mod faults;
+pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
 
