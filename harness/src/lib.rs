@@ -9,6 +9,7 @@ mod fake;
 mod faults;
 pub mod provision;
 pub mod servers;
+pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
 pub use servers::{Flavor, flavor, has_evalsha_ro, read_only_eval, version};

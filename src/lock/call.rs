@@ -25,6 +25,9 @@ use super::{Acquire, Extended, FencedWrite, LockKeys, MAX_WIRE, Released, check_
 use crate::script::{self, Invocation, Reply, ScriptCall};
 use crate::{Error, Result};
 
+/// The largest fencing token the scripts hand out or accept: 2^53 - 1, exact as a Lua double.
+const MAX_FENCE: u64 = (1 << 53) - 1;
+
 /// What `lock.acquire` grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockGrant {
@@ -196,8 +199,9 @@ impl ScriptCall for LockFencedWrite<'_> {
     type Output = FencedWrite;
 
     fn invocation(&self) -> Result<Invocation<'static>> {
-        if !(1..=MAX_WIRE).contains(&self.fence) {
-            return Err(Error::invalid("fence", format!("must be between 1 and {MAX_WIRE}")));
+        // Tokens are server microseconds or above (lock.acquire): 16 digits, below 2^53.
+        if !(1..=MAX_FENCE).contains(&self.fence) {
+            return Err(Error::invalid("fence", format!("must be between 1 and {MAX_FENCE}")));
         }
         let ttl = match self.value_ttl {
             Some(ttl) => ttl_ms("value_ttl", ttl)?,
