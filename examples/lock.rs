@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = std::process::id();
 
     // A lock whose holder writes the protected value with its fencing token.
-    let lock = Lock::new(&format!("example-{run}"), Duration::from_secs(5))?;
+    let lock = Lock::new(format!("example-{run}"), Duration::from_secs(5))?;
     match lock.acquire(&mut con, Duration::from_secs(2)).await? {
         Acquire::Acquired(guard) => {
             println!(
@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // A watchdog keeps a short lease alive while the work runs, and says so if it cannot.
-    let watched = Lock::new(&format!("example-watchdog-{run}"), Duration::from_millis(300))?
+    let watched = Lock::new(format!("example-watchdog-{run}"), Duration::from_millis(300))?
         .watchdog(Duration::from_secs(60));
     if let Acquire::Acquired(guard) = watched.try_acquire(&mut con).await? {
         tokio::select! {
@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // At most two at once; a crashed holder's permit comes back after its lease.
-    let sem = Semaphore::new(&format!("example-sem-{run}"), 2, Duration::from_secs(10))?;
+    let sem = Semaphore::new(format!("example-sem-{run}"), 2, Duration::from_secs(10))?;
     let a = sem.try_acquire(&mut con).await?.acquired().ok_or("first permit")?;
     let b = sem.try_acquire(&mut con).await?.acquired().ok_or("second permit")?;
     println!("third permit while two are held: {:?}", sem.try_acquire(&mut con).await?.map(|_| ()));

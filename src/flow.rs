@@ -58,6 +58,33 @@ pub(crate) trait Flow {
     fn deadline(&self) -> Option<Instant> {
         None
     }
+
+    /// Called when the async driver is dropped before the flow finished: the step that starts
+    /// giving back what the flow may hold (a cancelled acquire releases the token an attempt in
+    /// flight may have taken). [`run_async_owned`] runs the flow on from there, to the end, in a
+    /// spawned task. `None` (the default): nothing to give back.
+    fn cancelled(&mut self) -> Option<Step<Self::Out>> {
+        None
+    }
+}
+
+/// Which twin runs a flow: a flow may refuse what one side cannot do (a lock's watchdog renews
+/// from a tokio task, so a blocking acquire refuses a lock that has one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Async,
+    Blocking,
+}
+
+/// The answer of a flow that keeps a connection handle once it is out (a lock guard renews and
+/// releases on the connection it was acquired on): the async twin of a `twins!` method with two
+/// answers makes its answer with `keep`; the blocking twin's comes from `Into`.
+pub(crate) trait Keep<C> {
+    /// The async answer.
+    type Kept;
+
+    /// The async answer, keeping a clone of `con`.
+    fn keep(self, con: &C) -> Self::Kept;
 }
 
 /// Runs a flow on an async connection (multiplexed, connection manager, cluster, pooled).
@@ -66,7 +93,68 @@ where
     F: Flow,
     C: redis::aio::ConnectionLike + Send,
 {
-    let mut step = flow.start();
+    let step = flow.start();
+    drive(&mut flow, step, con).await
+}
+
+/// [`run_async`] for a flow that may take something it must give back if cancelled (an
+/// acquire), on a connection handle that can be cloned: if this future is dropped before the
+/// flow finished, the flow's [`Flow::cancelled`] step and what follows run in a task spawned on
+/// the current tokio runtime, on a clone of the handle. Without a runtime nothing is sent (the
+/// flow's own backstop applies, e.g. a lease's TTL).
+pub(crate) async fn run_async_owned<F, C>(flow: F, con: &mut C) -> Result<F::Out>
+where
+    F: Flow + Send + 'static,
+    F::Out: Send + 'static,
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    let mut running = Running { flow: Some(flow), con: con.clone() };
+    let out = match running.flow.as_mut() {
+        Some(flow) => {
+            let step = flow.start();
+            drive(flow, step, con).await
+        }
+        None => Err(Error::unexpected("flow", "started twice")),
+    };
+    running.flow = None; // finished: nothing to give back
+    out
+}
+
+/// A flow in progress under [`run_async_owned`]; dropping it unfinished hands the flow's
+/// clean-up to a spawned task.
+struct Running<F, C>
+where
+    F: Flow + Send + 'static,
+    F::Out: Send + 'static,
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    flow: Option<F>,
+    con: C,
+}
+
+impl<F, C> Drop for Running<F, C>
+where
+    F: Flow + Send + 'static,
+    F::Out: Send + 'static,
+    C: redis::aio::ConnectionLike + Clone + Send + 'static,
+{
+    fn drop(&mut self) {
+        let Some(mut flow) = self.flow.take() else { return };
+        let Some(step) = flow.cancelled() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut con = self.con.clone();
+        runtime.spawn(async move {
+            let _ = drive(&mut flow, step, &mut con).await;
+        });
+    }
+}
+
+/// Moves a flow on from `step` until it finishes.
+async fn drive<F, C>(flow: &mut F, mut step: Step<F::Out>, con: &mut C) -> Result<F::Out>
+where
+    F: Flow,
+    C: redis::aio::ConnectionLike + Send,
+{
     loop {
         step = match step {
             Step::Done(out) => return out,
@@ -226,6 +314,44 @@ macro_rules! twins {
             $crate::flow::run_blocking($flow, con)
         }
     )*};
+    // Methods whose answer keeps the connection (a lock guard, a permit): two answer types, the
+    // async one first. The async twin needs a handle it can clone (`C: Clone + 'static`), keeps a
+    // clone in its answer (`Keep`), and runs the flow with `run_async_owned`, so a cancelled call
+    // gives back what it took; the blocking answer holds no connection (`Into`). `|side|` names
+    // the `Side` running the flow, for flows that refuse what one side cannot do.
+    ($(
+        $(#[doc = $doc:expr])*
+        cancel: $cancel:expr,
+        $vis:vis fn $name:ident / $blocking:ident
+            (&$self:ident $(, $arg:ident : $ty:ty)* $(,)?) -> $out:ty, $bout:ty
+            = |$side:ident| $flow:expr;
+    )*) => {$(
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("Blocking twin: [`", stringify!($blocking), "`](Self::", stringify!($blocking), ").")]
+        ///
+        /// # Cancel safety
+        ///
+        #[doc = $cancel]
+        $vis async fn $name<C>(&$self, con: &mut C $(, $arg: $ty)*) -> $crate::Result<$out>
+        where
+            C: $crate::redis::aio::ConnectionLike + Clone + Send + 'static,
+        {
+            let $side = $crate::flow::Side::Async;
+            let out = $crate::flow::run_async_owned($flow, con).await?;
+            Ok($crate::flow::Keep::keep(out, con))
+        }
+
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("The blocking twin of [`", stringify!($name), "`](Self::", stringify!($name), "): \
+            the same flow, on a blocking connection. Each round trip is bounded by the connection's \
+            read and write timeouts (set them: a blocking connection has none by default).")]
+        $vis fn $blocking(&$self, con: &mut dyn $crate::redis::ConnectionLike $(, $arg: $ty)*) -> $crate::Result<$bout> {
+            let $side = $crate::flow::Side::Blocking;
+            $crate::flow::run_blocking($flow, con).map(Into::into)
+        }
+    )*};
 }
 
 #[allow(unused_imports)] // used by the areas as they move onto flows
@@ -257,6 +383,11 @@ impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Flow for Map<F, G> {
 
     fn deadline(&self) -> Option<Instant> {
         self.flow.deadline()
+    }
+
+    fn cancelled(&mut self) -> Option<Step<T>> {
+        let step = self.flow.cancelled()?;
+        Some(self.mapped(step))
     }
 }
 
