@@ -15,7 +15,7 @@ use redis_primitives::Error;
 use redis_primitives::lock::call::{LockExtend, LockRelease, SemaphoreExtend, SemaphoreRelease};
 use redis_primitives::lock::{
     Acquire, Backoff, Extended, FencedWrite, Guard, Lock, LockKeys, LostReason, Released, Semaphore,
-    semaphore_key,
+    SharedConnection, semaphore_key,
 };
 use redis_primitives::script::ScriptCall;
 
@@ -632,4 +632,51 @@ async fn throughput_of_acquire_and_release_on_one_connection() {
     println!(
         "[throughput] acquire+release pairs/s on one connection: async {async_rate:.0}, blocking {blocking_rate:.0}"
     );
+}
+
+/// An async connection that is not `Clone` (like a pooled one): a newtype over a multiplexed
+/// connection.
+struct NotClone(redis::aio::MultiplexedConnection);
+
+impl ConnectionLike for NotClone {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// Locks and semaphores take a connection that is not `Clone` through the one-line adapter
+/// `SharedConnection::new`: acquire, fenced write, renewal by the watchdog, release, and the
+/// release of a dropped guard all run on it; the connection comes back when nothing holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_not_clone_works_through_shared_connection() {
+    let server = Server::start();
+    let raw = NotClone(server.client().get_multiplexed_async_connection().await.unwrap());
+    let mut con = SharedConnection::new(raw);
+    let ttl = 300 * MS;
+    let lock = Lock::new(unique("not-clone"), ttl).unwrap().watchdog(Duration::from_secs(30));
+    let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
+    assert_eq!(guard.fenced_write(b"v", None).await.unwrap(), FencedWrite::Written);
+    assert!(tokio::time::timeout(3 * ttl, guard.lost()).await.is_err(), "renewed on the shared connection");
+    assert!(!lock.try_acquire(&mut con).await.unwrap().is_acquired());
+    assert_eq!(guard.release().await.unwrap(), Released::Yes);
+
+    let sem = Semaphore::new(unique("not-clone"), 1, Duration::from_secs(10)).unwrap();
+    drop(acquired(sem.acquire(&mut con, Duration::from_secs(1)).await.unwrap()));
+    assert!(gone_within(&server, sem.key(), 500 * MS).await, "the dropped permit was released");
+    let guard = acquired(lock.acquire(&mut con, Duration::from_secs(1)).await.unwrap());
+    assert_eq!(guard.release().await.unwrap(), Released::Yes);
+    tokio::time::sleep(50 * MS).await; // the background release task lets go of its handle
+    let mut raw = con.into_inner().expect("nothing holds the connection any more");
+    let _: () = redis::cmd("PING").query_async(&mut raw).await.unwrap();
 }

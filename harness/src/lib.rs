@@ -6,8 +6,10 @@
 //! is gone, so servers shared through a `static` do not outlive the test binary.
 
 mod fake;
+mod proxy;
 
 pub use fake::{FakeServer, dead_url};
+pub use proxy::{Proxy, ProxyMode, client_without_handshake};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
