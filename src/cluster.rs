@@ -1,6 +1,6 @@
 //! What the crate needs to know about a Redis Cluster: which nodes serve slots (from
 //! `CLUSTER SLOTS`), and whether a server runs in cluster mode (from `INFO`, as Redis and
-//! Valkey each spell it).
+//! Valkey each spell it). The loader, `doctor` and the CLI all decide "cluster or not" here.
 
 use redis::Value;
 
@@ -55,8 +55,12 @@ pub(crate) fn nodes(ranges: &[SlotRange]) -> Vec<(String, u16)> {
 /// Whether `INFO server` (or the full INFO) describes a cluster node: Redis says
 /// `redis_mode:cluster`, Valkey `server_mode:cluster`. `INFO cluster`'s `cluster_enabled:1` is
 /// accepted too.
-#[allow(dead_code)] // for the CLI's and doctor's detection
-pub(crate) fn is_cluster(info: &str) -> bool {
+///
+/// ```
+/// assert!(redis_primitives::cluster::is_cluster("redis_mode:cluster\r\n"));
+/// assert!(redis_primitives::cluster::is_cluster("server_mode:cluster\r\n")); // Valkey
+/// ```
+pub fn is_cluster(info: &str) -> bool {
     info.lines()
         .map(str::trim)
         .any(|l| l == "redis_mode:cluster" || l == "server_mode:cluster" || l == "cluster_enabled:1")

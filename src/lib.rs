@@ -24,7 +24,7 @@
 
 pub mod acl;
 pub mod cache;
-mod cluster;
+pub mod cluster;
 pub mod doctor;
 mod error;
 pub(crate) mod flow;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, FakeServer, Proxy, ProxyMode, Server, client_without_handshake, dead_url, unique};
+use common::{Cluster, FakeServer, Proxy, ProxyMode, Server, dead_url, quiet_client, unique};
 use redis::aio::ConnectionLike;
 use redis_primitives::Error;
 use redis_primitives::lock::call::{
@@ -280,7 +280,7 @@ async fn every_unheld_call(what: &str, url: &str, stats: &Stats, bstats: &Stats)
     let io = 200 * MS;
     let lock = Lock::new(unique(what), Duration::from_secs(2)).unwrap().with_deadline(deadline);
     let sem = Semaphore::new(unique(what), 2, Duration::from_secs(2)).unwrap().with_deadline(deadline);
-    let client = client_without_handshake(url);
+    let client = quiet_client(url);
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let _ = timed!(stats, "Lock::try_acquire", deadline, lock.try_acquire(&mut con).await);
     let _ = timed!(stats, "Lock::acquire", timeout, lock.acquire(&mut con, timeout).await);
@@ -402,7 +402,7 @@ async fn every_call_against_a_black_hole_a_garbage_server_and_a_closing_socket()
     }
     // Nothing listening: connecting fails at once, with a connection error.
     let t = Instant::now();
-    let refused = client_without_handshake(&dead_url()).get_multiplexed_async_connection().await;
+    let refused = quiet_client(&dead_url()).get_multiplexed_async_connection().await;
     assert!(refused.is_err() && t.elapsed() < Duration::from_secs(1));
     for mode in [ProxyMode::Silent, ProxyMode::Garbage, ProxyMode::Close] {
         let stats = Stats::default();
@@ -863,7 +863,7 @@ async fn extreme_arguments_never_panic() {
 #[test]
 fn blocking_calls_against_a_silent_server() {
     let fake = FakeServer::black_hole();
-    let client = client_without_handshake(&fake.url());
+    let client = quiet_client(&fake.url());
     let io = 150 * MS;
     let mut con = client.get_connection_with_timeout(io).unwrap();
     con.set_read_timeout(Some(io)).unwrap();

@@ -250,6 +250,39 @@ fn connection_errors_are_told_apart() {
     assert!(err.is_connection(), "{err:?}");
 }
 
+#[tokio::test]
+async fn a_misbehaving_server_is_a_connection_or_reply_error_never_a_bundle_error() {
+    use common::FakeServer;
+    for (what, fake) in [
+        ("garbage", FakeServer::garbage()),
+        ("wrong shape", FakeServer::wrong_shape()),
+        ("wrong hashes", FakeServer::replying(b"$40\r\n0000000000000000000000000000000000000000\r\n")),
+        ("closing", FakeServer::closing()),
+    ] {
+        let mut con = fake.client().get_multiplexed_async_connection().await.unwrap();
+        let err = script::preload_async(&mut con).await.unwrap_err();
+        assert!(
+            matches!(err, Error::UnexpectedReply { .. } | Error::Connection(_)),
+            "{what}: preload gave {err:?}"
+        );
+        // A raw invocation hands back whatever valid reply came (`42` is one); what fails, fails
+        // as a connection or reply error.
+        let raw = script::get("lock.release")
+            .unwrap()
+            .invoke()
+            .key("lock:{x}")
+            .arg("t")
+            .query_async(&mut con)
+            .await;
+        if let Err(err) = raw {
+            assert!(
+                matches!(err, Error::UnexpectedReply { .. } | Error::Connection(_)),
+                "{what}: a call gave {err:?}"
+            );
+        }
+    }
+}
+
 /// A raw call of any script, for batches that mix scripts.
 struct Raw(Invocation<'static>);
 

@@ -104,9 +104,11 @@ impl FakeServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// A client for this address.
+    /// A client for this address that sends nothing when connecting (see [`quiet_client`]), so
+    /// a connection to a black hole or a garbage server is established and the calls under
+    /// test meet the fault, not the handshake.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("client")
+        quiet_client(&self.url())
     }
 
     /// Commands received so far (over every connection).
@@ -122,6 +124,15 @@ impl Drop for FakeServer {
             let _ = t.join();
         }
     }
+}
+
+/// A client that sends no command when it connects (redis-rs otherwise pipelines
+/// `CLIENT SETINFO`): connecting then only opens the socket, and the server's command counts
+/// measure the calls under test only.
+pub fn quiet_client(url: &str) -> redis::Client {
+    let info = redis::Client::open(url).expect("client").get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings)).expect("client")
 }
 
 /// A loopback URL where nothing listens (a server that is down).

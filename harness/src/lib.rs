@@ -8,8 +8,8 @@
 mod fake;
 mod proxy;
 
-pub use fake::{FakeServer, dead_url};
-pub use proxy::{Proxy, ProxyMode, client_without_handshake};
+pub use fake::{FakeServer, dead_url, quiet_client};
+pub use proxy::{Proxy, ProxyMode};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

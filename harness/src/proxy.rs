@@ -198,12 +198,3 @@ fn server_to_client(s: &Shared, mut server: TcpStream, mut client: TcpStream, cu
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
 }
-
-/// A client for `url` that sends nothing when it connects (no `CLIENT SETINFO`): a connection
-/// to a fake server that never answers, or answers garbage, opens, and its calls meet the fault.
-pub fn client_without_handshake(url: &str) -> redis::Client {
-    use redis::IntoConnectionInfo;
-    let info = url.into_connection_info().expect("connection info");
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings)).expect("client")
-}

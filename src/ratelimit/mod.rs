@@ -297,7 +297,7 @@ impl RateLimiter {
         /// Forgets `subject`'s history: its next request starts from a full limit.
         cancel: "Dropping the future may or may not have reset the subject.",
         pub fn reset / reset_blocking<'a> (&self, subject: impl Into<Subject<'a>>) -> ()
-            = flow::map(OnceCommand::new("DEL", del(&[self.key(subject)?]), self.deadline), |_| Ok(()));
+            = flow::map(OnceCommand::new("DEL", del(&[self.key(subject)?]), self.deadline), deleted);
 
         /// Checks until admitted, sleeping by the server's retry-after, for at most `timeout`
         /// (calls included: a silent server ends it at `timeout` with [`Error::Timeout`]).
@@ -308,6 +308,14 @@ impl RateLimiter {
             call may have been counted.",
         pub fn wait / wait_blocking<'a> (&self, subject: impl Into<Subject<'a>>, request: impl Into<Request>, timeout: Duration) -> Decision
             = flow::map(wait::Wait::new(self.check_call(subject, request)?, timeout), |m| m.reported(&[&self.name]).single());
+    }
+}
+
+/// DEL answers the number of keys it removed; anything else is not a Redis we can trust.
+fn deleted(reply: redis::Value) -> Result<()> {
+    match crate::script::reply::int(&reply) {
+        Some(_) => Ok(()),
+        None => Err(crate::script::reply::bad("DEL", "an integer", &reply)),
     }
 }
 
@@ -420,7 +428,7 @@ impl MultiLimit {
         /// Resets every limit for these subjects (one DEL of all keys).
         cancel: "Dropping the future may or may not have reset the limits.",
         pub fn reset / reset_blocking<'a> (&self, subjects: impl IntoIterator<Item = impl Into<Subject<'a>>>) -> ()
-            = flow::map(OnceCommand::new("DEL", del(&self.keys(subjects)?), self.deadline), |_| Ok(()));
+            = flow::map(OnceCommand::new("DEL", del(&self.keys(subjects)?), self.deadline), deleted);
 
         /// Checks until all limits admit together, for at most `timeout` (see
         /// [`RateLimiter::wait`]).

@@ -12,16 +12,47 @@
 
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{Mode, Reply, Script};
 use crate::{Error, Result};
 
-/// Cleared the first time a server answers EVALSHA_RO with "unknown command" (Redis < 7.0);
-/// from then on read-only calls use EVALSHA, which is always correct, only not replica-routable.
-static EVALSHA_RO_SUPPORTED: AtomicBool = AtomicBool::new(true);
+/// EVALSHA_RO support, learned from the servers' answers. When a server answers EVALSHA_RO with
+/// "unknown command" (Redis < 7.0), the call is re-sent as EVALSHA at once (nothing ran), and
+/// read-only calls use EVALSHA (always correct, only not replica-routable) for the next
+/// minute; then EVALSHA_RO is tried again. So one old server never switches EVALSHA_RO
+/// off for good. It is not remembered per server: redis-rs does not say which server a
+/// connection reaches. In a fleet mixing 6.2 and 7.x, a 7.x server may get plain EVALSHA for at
+/// most a minute after a 6.2 server answered, and a 6.2 server costs one extra round trip per
+/// minute.
+mod evalsha_ro {
+    use super::*;
+
+    /// How long an "unknown command" is remembered.
+    pub(super) const RO_RETRY: Duration = Duration::from_secs(60);
+
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    /// Milliseconds after `base()` until which EVALSHA_RO is off; 0: on.
+    static OFF_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn supported() -> bool {
+        let until = OFF_UNTIL.load(Ordering::Relaxed);
+        until == 0 || base().elapsed().as_millis() as u64 >= until
+    }
+
+    pub(super) fn refused() {
+        let until = base().elapsed().saturating_add(RO_RETRY).as_millis() as u64;
+        OFF_UNTIL.store(until.max(1), Ordering::Relaxed);
+    }
+}
 
 /// One call of a script: its keys and arguments, ready to send.
 ///
@@ -151,7 +182,7 @@ impl<'s> Invocation<'s> {
     }
 
     fn wants_read_only(&self) -> bool {
-        self.read_only && EVALSHA_RO_SUPPORTED.load(Ordering::Relaxed)
+        self.read_only && evalsha_ro::supported()
     }
 
     /// Runs the call on a blocking connection; the raw reply.
@@ -483,7 +514,7 @@ impl Plan for CallPlan<'_, '_> {
             }
             Err(e) if self.read_only && is_unknown_command(&e) => {
                 // Nothing ran: the server does not know EVALSHA_RO.
-                EVALSHA_RO_SUPPORTED.store(false, Ordering::Relaxed);
+                evalsha_ro::refused();
                 self.read_only = false;
                 self.recovering = false;
                 ControlFlow::Continue(Step::Cmd(self.inv.evalsha(false)))

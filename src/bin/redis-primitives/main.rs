@@ -202,7 +202,7 @@ fn load(url: &str) -> CliResult {
         let mut con = client.get_multiplexed_async_connection().await?;
         let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut con).await?;
         let mut failed = false;
-        if info.contains("cluster_enabled:1") {
+        if redis_primitives::cluster::is_cluster(&info) {
             let cluster = redis::cluster::ClusterClient::new(vec![url])?;
             let mut ccon = cluster.get_async_connection().await?;
             for node in script::preload_cluster(&mut ccon).await? {

@@ -88,7 +88,7 @@ async fn tour(url: &str) -> TourResult {
     let client = redis::Client::open(url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO").arg("server").query_async(&mut con).await?;
-    if info.contains("redis_mode:cluster") {
+    if redis_primitives::cluster::is_cluster(&info) {
         return Err("the tour runs on a standalone server; point REDIS_URL at one (the library itself runs on clusters)".into());
     }
     let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim();
