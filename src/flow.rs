@@ -282,6 +282,21 @@ impl<K: ScriptCall> Flow for Once<K> {
 ///         = self.check_flow(subject, request.into());
 /// }
 /// ```
+///
+/// A method whose answer keeps the connection (a lock guard renews and releases on it) gives
+/// two answer types, async then blocking, and names the [`Side`] for its flow. Its async twin
+/// takes a handle it can clone (`C: Clone + 'static`), runs the flow with [`run_async_owned`]
+/// (so a cancelled call gives back what it took) and builds its answer with [`Keep`]; the
+/// blocking answer comes from `Into`:
+///
+/// ```ignore
+/// twins! {
+///     /// One attempt.
+///     cancel: "Dropping the future releases what its attempt may have taken.",
+///     pub fn try_acquire / try_acquire_blocking (&self) -> Acquire<Guard<C>>, Acquire<BlockingGuard>
+///         = |side| self.acquiring(side, None)?;
+/// }
+/// ```
 #[allow(unused_macros)]
 macro_rules! twins {
     ($(

@@ -1,6 +1,6 @@
 //! The lock scripts as typed calls ([`ScriptCall`]): one struct per script builds the
 //! invocation, validates its arguments before anything is sent (with the shared
-//! [`rules`](crate::rules)), and reads the reply without trusting it. [`Lock`](super::Lock) and
+//! [`crate::rules`]), and reads the reply without trusting it. [`Lock`](super::Lock) and
 //! [`Semaphore`](super::Semaphore) drive these; use them directly to batch calls or to act on a
 //! token you kept yourself. They carry no deadline of their own: the connection's timeouts
 //! bound them.
