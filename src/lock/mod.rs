@@ -104,8 +104,11 @@ use crate::{Result, rules};
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// How much longer than its timeout (or deadline) an acquire may take when it has to clean up:
-/// the release of a token that an attempt with no answer may have taken. Async calls stay
-/// within timeout + this margin; blocking ones within timeout + one read timeout + this margin.
+/// the release of a token that an attempt with no answer may have taken. An async acquire
+/// returns within timeout + this margin (plus the scheduler's delay in waking it; measured:
+/// under 15 ms). A blocking one cannot be cut: it returns within timeout + one read timeout of
+/// its connection (the attempt in flight at the timeout) + one more when it cleans up (the
+/// release is sent only within this margin).
 pub const CLEANUP_MARGIN: Duration = Duration::from_millis(150);
 
 /// The keys of one lock: `lock:{<resource>}`, `lock:{<resource>}:fence`,
