@@ -16,7 +16,10 @@ mod contract;
 fn main() {
     println!("cargo:rerun-if-changed=scripts");
     println!("cargo:rerun-if-changed=src/script/contract.rs");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    // The run-time variable, not `env!`: a build script compiled in another checkout (a copied
+    // target/) would otherwise read that checkout's scripts.
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = Path::new(&manifest_dir).join("scripts");
     let mut files = Vec::new();
     collect(&root, &mut files);
     let mut scripts: Vec<(String, String, String)> = Vec::new(); // name, file, summary

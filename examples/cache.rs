@@ -1,5 +1,6 @@
 //! The versioned cache against the Redis at `REDIS_URL`: a fill computed once for concurrent
-//! callers, a hit, an O(1) invalidation of the segment, and a write refused after a bump.
+//! callers, a hit, an O(1) invalidation of the segment, a write refused after a bump, and reads
+//! batched in one round trip.
 //!
 //! ```sh
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example cache
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use redis_primitives::cache::{Cache, Stored};
+use redis_primitives::script::Batch;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,6 +49,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let late = users.set(&mut con, "42", b"stale", Duration::from_secs(60), read.version).await?;
     assert_eq!(late, Stored::Stale);
     println!("a filler that read before the bump is refused: {late:?}");
+    // Many reads in one round trip: each operation is also a typed call for a Batch.
+    let reads: Batch<_> = ["42", "43"].iter().map(|k| users.get_call(k)).collect::<Result<_, _>>()?;
+    for read in reads.query_async(&mut con).await? {
+        println!("batched get: {:?}", read?.lookup.entry);
+    }
     users.delete(&mut con, "42").await?;
     Ok(())
 }

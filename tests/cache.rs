@@ -148,7 +148,7 @@ async fn a_cold_key_is_computed_once_on_a_cluster() {
 async fn a_filler_that_dies_is_replaced_after_its_lease_expires() {
     let server = Server::start();
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
-    let cache = Cache::new(unique("dead")).unwrap().with_lease(Duration::from_millis(300));
+    let cache = Cache::new(unique("dead")).unwrap().with_lease(Duration::from_millis(300)).unwrap();
     // A filler takes the lease and dies (never writes, never releases).
     let v = script::get("cache.get")
         .unwrap()
@@ -278,7 +278,7 @@ async fn not_found_is_cached_when_asked() {
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
     let computed = AtomicU32::new(0);
     let plain = Cache::new(unique("neg")).unwrap();
-    let negative = Cache::new(unique("neg")).unwrap().with_negative_ttl(MINUTE);
+    let negative = Cache::new(unique("neg")).unwrap().with_negative_ttl(MINUTE).unwrap();
     for cache in [&plain, &negative] {
         for _ in 0..3 {
             let got = cache
@@ -366,4 +366,73 @@ fn bad_input_gets_clear_errors() {
         .arg(0);
     let err = err.query(&mut con).unwrap_err();
     assert!(matches!(err, Error::Script { ref message, .. } if message.starts_with("lease_ms")), "{err:?}");
+}
+
+/// A connection to run batches on: one pipeline, or one pipeline per slot on a cluster.
+enum Con {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Con {
+    async fn run<K: script::ScriptCall>(&mut self, batch: &script::Batch<K>) -> Vec<K::Output> {
+        let outcomes = match self {
+            Con::Single(con) => batch.query_async(con).await,
+            Con::Cluster(con) => batch.query_cluster(con).await,
+        };
+        outcomes.unwrap().into_iter().map(Result::unwrap).collect()
+    }
+}
+
+/// Cache calls go into a `Batch`: many reads, then many writes, each in one round trip (per
+/// node on a cluster).
+async fn batched_reads_and_writes(mut con: Con) {
+    // Two segments: on a cluster they live in different slots.
+    let segments = [Cache::new(unique("batch")).unwrap(), Cache::new(unique("batch")).unwrap()];
+    let keys = ["a", "b", "c"];
+    let reads: script::Batch<_> =
+        segments.iter().flat_map(|s| keys.iter().map(|k| s.get_call(k).unwrap())).collect();
+    let first = con.run(&reads).await;
+    assert!(first.iter().all(|r| r.lookup.entry == Entry::Miss), "{first:?}");
+    let mut writes = script::Batch::new();
+    for (i, r) in first.iter().enumerate() {
+        let (s, k) = (&segments[i / keys.len()], keys[i % keys.len()]);
+        writes.push(match k {
+            "c" => s.not_found_call(k, MINUTE, r.lookup.version).unwrap(),
+            _ => s.set_call(k, k.as_bytes(), MINUTE, r.lookup.version).unwrap(),
+        });
+    }
+    assert!(con.run(&writes).await.into_iter().all(|s| s == Stored::Stored));
+    let again: Vec<_> = con.run(&reads).await.into_iter().map(|r| r.lookup.entry).collect();
+    let expected = [Entry::Hit(b"a".to_vec()), Entry::Hit(b"b".to_vec()), Entry::NotFound];
+    assert_eq!(again, [expected.clone(), expected].concat());
+    let bumps: script::Batch<_> = segments.iter().map(Cache::invalidate_call).collect();
+    assert_eq!(con.run(&bumps).await.len(), 2);
+    let after: Vec<_> = con.run(&reads).await.into_iter().map(|r| r.lookup.entry).collect();
+    assert!(after.iter().all(|e| *e == Entry::Miss), "{after:?}");
+}
+
+#[tokio::test]
+async fn cache_calls_go_into_a_batch() {
+    let server = Server::start();
+    batched_reads_and_writes(Con::Single(server.client().get_multiplexed_async_connection().await.unwrap()))
+        .await;
+}
+
+#[tokio::test]
+async fn cache_calls_go_into_a_batch_on_a_cluster() {
+    batched_reads_and_writes(Con::Cluster(shared_cluster().client().get_async_connection().await.unwrap()))
+        .await;
+}
+
+#[test]
+fn set_not_found_has_a_blocking_twin() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let cache = Cache::new(unique("neg-blocking")).unwrap();
+    let read = cache.get_blocking(&mut con, "k").unwrap();
+    assert_eq!(cache.set_not_found_blocking(&mut con, "k", MINUTE, read.version).unwrap(), Stored::Stored);
+    assert_eq!(cache.get_blocking(&mut con, "k").unwrap().entry, Entry::NotFound);
+    cache.invalidate_blocking(&mut con).unwrap();
+    assert_eq!(cache.set_not_found_blocking(&mut con, "k", MINUTE, read.version).unwrap(), Stored::Stale);
 }

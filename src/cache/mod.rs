@@ -26,14 +26,46 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Deadlines and faults
+//!
+//! Whatever the server does (down, paused, silent, answering garbage):
+//! - [`get`](Cache::get), [`set`](Cache::set), [`set_not_found`](Cache::set_not_found),
+//!   [`delete`](Cache::delete) and [`invalidate`](Cache::invalidate) return within the cache's
+//!   deadline ([`Cache::with_deadline`], [`DEFAULT_DEADLINE`] by default), with
+//!   [`Error::Timeout`] when the server did not answer in time.
+//! - [`get_or_compute`](Cache::get_or_compute) returns within
+//!   `max(max wait, deadline) + the compute's own time + deadline`: its reads (the first one
+//!   bounded by the deadline, waiting for another caller's fill by the max wait,
+//!   [`Cache::with_max_wait`]), then the compute, then the write-back (or, when the reads
+//!   failed, the release of a lease they may have taken) within the deadline. With the defaults
+//!   that is 12 s plus the compute.
+//! - A fill lease is never kept by a caller that gave up: a failed compute, a failed write-back
+//!   and a timed-out read give it back; a cancelled `get_or_compute` spawns its release (see its
+//!   `# Cancel safety`). What cannot be given back (no runtime, the server unreachable) ends by
+//!   the lease's expiry ([`Cache::with_lease`], 10 s by default).
+//!
+//! The blocking twins make the same decisions; each of their round trips is bounded by the
+//! connection's read and write timeouts instead (set them: a blocking connection has none).
+//!
 //! Keys (all under the segment's hash tag): `cache:{<segment>}:version`,
 //! `cache:{<segment>}:e:<key>` (a small hash) and `cache:{<segment>}:lease:<key>`.
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+pub mod call;
+mod fill;
 
-use crate::script::{self, Invocation, Reply, ScriptCall};
-use crate::{Error, Result};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use call::{Bump, Delete, FillLease, Get, GetReply, ReleaseLease, Set};
+use fill::{Fill, Start};
+
+use crate::flow::{self, Once, twins};
+use crate::{Error, Result, rules, telemetry};
+
+/// How long a single read, write, delete or invalidation may take by default before it fails
+/// with [`Error::Timeout`]: a cache sits in front of slower work, so it must fail fast.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The version a value was read under; pass it back to [`Cache::set`] so the write is refused
 /// if the segment was invalidated (or the key deleted) in between.
@@ -84,91 +116,112 @@ pub enum Stored {
     Stale,
 }
 
-/// A cache scoped to one segment.
+/// A cache scoped to one segment. Built valid: every builder checks its value, so a call never
+/// fails on the cache's own configuration. Cheap to clone.
 ///
 /// ```
 /// use std::time::Duration;
 /// use redis_primitives::cache::Cache;
 ///
-/// let c = Cache::new("users").unwrap()
-///     .with_lease(Duration::from_secs(5))
-///     .with_negative_ttl(Duration::from_secs(30));
+/// let c = Cache::new("users")?
+///     .with_lease(Duration::from_secs(5))?
+///     .with_negative_ttl(Duration::from_secs(30))?;
 /// assert_eq!(c.version_key(), "cache:{users}:version");
 /// assert_eq!(c.entry_key("42"), "cache:{users}:e:42");
+/// assert!(Cache::new("a}b").is_err());
+/// assert!(c.with_lease(Duration::from_micros(1500)).is_err()); // whole milliseconds only
+/// # Ok::<(), redis_primitives::Error>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct Cache {
-    segment: String,
-    lease: Duration,
+    segment: Arc<str>,
+    lease_ms: u64,
     beta: f64,
     negative_ttl: Option<Duration>,
     max_wait: Option<Duration>,
-    tombstone: Duration,
+    tombstone_ms: u64,
+    deadline: Duration,
 }
-
-fn ms(name: &'static str, d: Duration) -> Result<u64> {
-    let ms = d.as_millis();
-    if ms == 0 {
-        return Err(Error::invalid(name, "must be at least 1 ms"));
-    }
-    u64::try_from(ms)
-        .ok()
-        .filter(|&m| m < 1_000_000_000_000_000)
-        .ok_or_else(|| Error::invalid(name, "too large"))
-}
-
-use crate::rules::token as random_token;
 
 impl Cache {
-    /// A cache for `segment` (non-empty; it becomes the hash tag of every key). Defaults: fill
+    /// A cache for `segment` (the hash tag of every key: 1..=1024 bytes, no `}`). Defaults: fill
     /// lease 10 s, XFetch beta 1.0, no negative caching, callers wait at most the lease length
-    /// (plus 1 s) for another caller's fill, deleted keys keep their tombstone 1 minute.
+    /// plus 1 s for another caller's fill, deleted keys keep their tombstone 1 minute, each call
+    /// returns within [`DEFAULT_DEADLINE`].
     pub fn new(segment: impl Into<String>) -> Result<Self> {
         let segment = segment.into();
-        if segment.is_empty() || segment.starts_with('}') {
-            return Err(Error::invalid("segment", "must be non-empty and not start with `}`"));
-        }
+        rules::tag("segment", &segment)?;
         Ok(Cache {
-            segment,
-            lease: Duration::from_secs(10),
+            segment: segment.into(),
+            lease_ms: 10_000,
             beta: 1.0,
             negative_ttl: None,
             max_wait: None,
-            tombstone: Duration::from_secs(60),
+            tombstone_ms: 60_000,
+            deadline: DEFAULT_DEADLINE,
         })
     }
 
-    /// How long a filler may hold the fill lease before another caller takes over (a filler that
-    /// died frees the lease by this expiry).
-    pub fn with_lease(self, lease: Duration) -> Self {
-        Cache { lease, ..self }
+    /// How long a filler may hold the fill lease before another caller takes over: a filler
+    /// that died (or was cancelled without a runtime to give the lease back) frees it by this
+    /// expiry. Whole milliseconds, 1 ms ..= 10^12 ms.
+    pub fn with_lease(self, lease: Duration) -> Result<Self> {
+        Ok(Cache { lease_ms: rules::millis("lease", lease)?, ..self })
     }
 
-    /// XFetch's beta: above 1 refreshes earlier, below 1 later, 0 never early.
-    pub fn with_beta(self, beta: f64) -> Self {
-        Cache { beta: if beta.is_finite() { beta.max(0.0) } else { 1.0 }, ..self }
+    /// XFetch's beta (finite, 0 ..= 1000): above 1 refreshes earlier, below 1 later, 0 never
+    /// early.
+    pub fn with_beta(self, beta: f64) -> Result<Self> {
+        if !(0.0..=1000.0).contains(&beta) {
+            return Err(Error::invalid("beta", format!("must be a number in 0..=1000 (got {beta})")));
+        }
+        Ok(Cache { beta, ..self })
     }
 
-    /// Cache "not found" answers of [`get_or_compute`](Self::get_or_compute) for `ttl`.
-    pub fn with_negative_ttl(self, ttl: Duration) -> Self {
-        Cache { negative_ttl: Some(ttl), ..self }
+    /// Cache "not found" answers of [`get_or_compute`](Self::get_or_compute) for `ttl` (whole
+    /// milliseconds, 1 ms ..= 10^12 ms).
+    pub fn with_negative_ttl(self, ttl: Duration) -> Result<Self> {
+        rules::millis("negative_ttl", ttl)?;
+        Ok(Cache { negative_ttl: Some(ttl), ..self })
     }
 
     /// How long [`get_or_compute`](Self::get_or_compute) waits for another caller's fill before
-    /// giving up with [`Error::Timeout`].
+    /// giving up with [`Error::Timeout`] (default: the lease plus 1 s, so that a waiter outlives
+    /// a dead filler's lease and takes over). Any value: zero gives up at the first sign of
+    /// another filler; `Duration::MAX` waits as long as another caller keeps filling.
     pub fn with_max_wait(self, wait: Duration) -> Self {
         Cache { max_wait: Some(wait), ..self }
     }
 
-    /// How long [`delete`](Self::delete) keeps the key's advanced generation; cover the longest
-    /// fill, since a filler older than this could write the deleted value back.
-    pub fn with_tombstone(self, tombstone: Duration) -> Self {
-        Cache { tombstone, ..self }
+    /// How long [`delete`](Self::delete) keeps the key's advanced generation (whole
+    /// milliseconds, 1 ms ..= 10^12 ms); cover the longest fill, since a filler older than this
+    /// could write the deleted value back.
+    pub fn with_tombstone(self, tombstone: Duration) -> Result<Self> {
+        Ok(Cache { tombstone_ms: rules::millis("tombstone", tombstone)?, ..self })
+    }
+
+    /// How long a single call may take before failing with [`Error::Timeout`] (default
+    /// [`DEFAULT_DEADLINE`]); also bounds the first read and the write-back of
+    /// [`get_or_compute`](Self::get_or_compute). Any value (`Duration::MAX`: no deadline).
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        Cache { deadline, ..self }
     }
 
     /// The segment.
     pub fn segment(&self) -> &str {
         &self.segment
+    }
+    /// The fill lease's length.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    /// The deadline of a single call.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+    /// How long [`get_or_compute`](Self::get_or_compute) waits for another caller's fill.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait.unwrap_or(Duration::from_millis(self.lease_ms).saturating_add(Duration::from_secs(1)))
     }
     /// `cache:{<segment>}:version`.
     pub fn version_key(&self) -> String {
@@ -183,148 +236,114 @@ impl Cache {
         format!("cache:{{{}}}:lease:{key}", self.segment)
     }
 
-    fn lease_ms(&self) -> Result<u64> {
-        ms("lease", self.lease)
+    /// The version, entry and lease keys of `key` (1..=1024 bytes).
+    fn keys(&self, key: &str) -> Result<[String; 3]> {
+        rules::name("key", key)?;
+        Ok([self.version_key(), self.entry_key(key), self.lease_key(key)])
     }
 
-    fn max_wait(&self) -> Duration {
-        self.max_wait.unwrap_or(self.lease + Duration::from_secs(1))
+    /// The plain read of `key`, as a call (for a [`Batch`](crate::script::Batch)).
+    pub fn get_call(&self, key: &str) -> Result<Get> {
+        Ok(Get::plain(self.keys(key)?))
     }
 
-    fn get_call(&self, key: &str, lease: Option<&str>) -> Result<GetCall> {
-        check_key(key)?;
-        let (token, lease_ms, early) = match lease {
-            None => (String::new(), 0, 0),
-            Some(t) => (t.to_owned(), self.lease_ms()?, xfetch_draw(self.beta)),
-        };
-        Ok(GetCall {
-            keys: [self.version_key(), self.entry_key(key), self.lease_key(key)],
-            token,
-            lease_ms,
-            early,
-        })
+    /// The write of `value` for `key`, as a call.
+    pub fn set_call(&self, key: &str, value: &[u8], ttl: Duration, version: Version) -> Result<Set> {
+        Set::new(self.keys(key)?, Some(value.to_vec()), ttl, version)
     }
 
-    fn set_call(&self, key: &str, value: Option<&[u8]>, ttl: Duration, version: Version) -> Result<SetCall> {
-        self.set_call_leased(key, value, ttl, version, Duration::ZERO, "")
+    /// The write of a cached "not found" for `key`, as a call.
+    pub fn not_found_call(&self, key: &str, ttl: Duration, version: Version) -> Result<Set> {
+        Set::new(self.keys(key)?, None, ttl, version)
     }
 
-    fn set_call_leased(
-        &self,
-        key: &str,
-        value: Option<&[u8]>,
-        ttl: Duration,
-        version: Version,
-        delta: Duration,
-        token: &str,
-    ) -> Result<SetCall> {
-        check_key(key)?;
-        Ok(SetCall {
-            keys: [self.version_key(), self.entry_key(key), self.lease_key(key)],
-            version,
-            data: value.map(<[u8]>::to_vec),
-            ttl_ms: ms("ttl", ttl)?,
-            delta_ms: delta.as_millis().min(u128::from(u32::MAX)) as u64,
-            token: token.to_owned(),
-        })
+    /// The deletion of `key`, as a call.
+    pub fn delete_call(&self, key: &str) -> Result<Delete> {
+        rules::name("key", key)?;
+        Ok(Delete { key: self.entry_key(key), tombstone_ms: self.tombstone_ms })
     }
 
-    fn delete_call(&self, key: &str) -> Result<DeleteCall> {
-        check_key(key)?;
-        Ok(DeleteCall { key: self.entry_key(key), tombstone_ms: ms("tombstone", self.tombstone)? })
+    /// The invalidation of the whole segment, as a call.
+    pub fn invalidate_call(&self) -> Bump {
+        Bump { key: self.version_key() }
     }
 
-    fn bump_call(&self) -> BumpCall {
-        BumpCall { key: self.version_key() }
+    /// A plain read, reported to telemetry.
+    fn read(&self, key: &str) -> Result<impl flow::Flow<Out = Lookup> + use<'_>> {
+        Ok(flow::map(Once::new(self.get_call(key)?, self.deadline), |r| {
+            let outcome = match r.lookup.entry {
+                Entry::Hit(_) => telemetry::CacheOutcome::Hit,
+                Entry::NotFound => telemetry::CacheOutcome::NotFound,
+                Entry::Miss => telemetry::CacheOutcome::Miss,
+            };
+            telemetry::cache_lookup(&self.segment, outcome);
+            Ok(r.lookup)
+        }))
     }
 
-    /// Reads `key`: one script call, one round trip, read-only (EVALSHA_RO where the server has
-    /// it). Returns the entry and the version to write back with.
-    pub async fn get<C>(&self, con: &mut C, key: &str) -> Result<Lookup>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        Ok(self.get_call(key, None)?.query_async(con).await?.lookup())
-    }
+    twins! {
+        /// Reads `key`: one script call, one round trip, read-only (EVALSHA_RO where the server
+        /// has it), within the cache's deadline. Returns the entry and the version to write back
+        /// with.
+        cancel: "Safe: a plain read writes nothing.",
+        pub fn get / get_blocking (&self, key: &str) -> Lookup = self.read(key)?;
 
-    /// [`get`](Self::get) on a blocking connection.
-    pub fn get_blocking(&self, con: &mut dyn redis::ConnectionLike, key: &str) -> Result<Lookup> {
-        Ok(self.get_call(key, None)?.query(con)?.lookup())
-    }
+        /// Writes `value` for `key` for `ttl` (whole milliseconds) if the segment and key are
+        /// still at `version` (from a read), within the cache's deadline.
+        cancel: "Dropping the future may or may not have written the value: the call may have \
+            reached the server. Either way nothing stale is written (the version check holds).",
+        pub fn set / set_blocking (&self, key: &str, value: &[u8], ttl: Duration, version: Version) -> Stored
+            = Once::new(self.set_call(key, value, ttl, version)?, self.deadline);
 
-    /// Writes `value` for `key` if the segment and key are still at `version` (from a read).
-    pub async fn set<C>(
-        &self,
-        con: &mut C,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        version: Version,
-    ) -> Result<Stored>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.set_call(key, Some(value), ttl, version)?.query_async(con).await
-    }
+        /// Caches "not found" for `key` for `ttl` (a negative entry), under the same version
+        /// check as [`set`](Self::set), within the cache's deadline.
+        cancel: "Dropping the future may or may not have written the negative entry: the call \
+            may have reached the server.",
+        pub fn set_not_found / set_not_found_blocking (&self, key: &str, ttl: Duration, version: Version) -> Stored
+            = Once::new(self.not_found_call(key, ttl, version)?, self.deadline);
 
-    /// [`set`](Self::set) on a blocking connection.
-    pub fn set_blocking(
-        &self,
-        con: &mut dyn redis::ConnectionLike,
-        key: &str,
-        value: &[u8],
-        ttl: Duration,
-        version: Version,
-    ) -> Result<Stored> {
-        self.set_call(key, Some(value), ttl, version)?.query(con)
-    }
+        /// Invalidates every entry of the segment at once (O(1), no scan), within the cache's
+        /// deadline; returns the new version. Old entries are overwritten by the next fill or
+        /// expire by their TTL.
+        cancel: "Dropping the future may or may not have invalidated the segment: the call may \
+            have reached the server.",
+        pub fn invalidate / invalidate_blocking (&self) -> u64 = Once::new(self.invalidate_call(), self.deadline);
 
-    /// Caches "not found" for `key` (a negative entry), under the same version check as `set`.
-    pub async fn set_not_found<C>(
-        &self,
-        con: &mut C,
-        key: &str,
-        ttl: Duration,
-        version: Version,
-    ) -> Result<Stored>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.set_call(key, None, ttl, version)?.query_async(con).await
-    }
-
-    /// Invalidates every entry of the segment at once (O(1), no scan); returns the new version.
-    /// Old entries are overwritten by the next fill or expire by their TTL.
-    pub async fn invalidate<C>(&self, con: &mut C) -> Result<u64>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.bump_call().query_async(con).await
-    }
-
-    /// [`invalidate`](Self::invalidate) on a blocking connection.
-    pub fn invalidate_blocking(&self, con: &mut dyn redis::ConnectionLike) -> Result<u64> {
-        self.bump_call().query(con)
-    }
-
-    /// Removes one entry; a fill that read it before cannot write it back. True if it held data.
-    pub async fn delete<C>(&self, con: &mut C, key: &str) -> Result<bool>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        self.delete_call(key)?.query_async(con).await
-    }
-
-    /// [`delete`](Self::delete) on a blocking connection.
-    pub fn delete_blocking(&self, con: &mut dyn redis::ConnectionLike, key: &str) -> Result<bool> {
-        self.delete_call(key)?.query(con)
+        /// Removes one entry, within the cache's deadline; a fill that read it before cannot
+        /// write it back. True if it held data.
+        cancel: "Dropping the future may or may not have deleted the entry: the call may have \
+            reached the server.",
+        pub fn delete / delete_blocking (&self, key: &str) -> bool = Once::new(self.delete_call(key)?, self.deadline);
     }
 
     /// Returns the cached value of `key`, or computes it with `compute` (which answers `None`
-    /// for "not found") and caches it for `ttl`. Across every process sharing the cache, one
-    /// caller computes a missing key while the others wait for its result; near expiry one
-    /// caller refreshes early while the others keep getting the current value. A failed or
-    /// timed-out fill frees the lease (at once, or by its expiry if the filler died).
+    /// for "not found") and caches it for `ttl` (whole milliseconds). Across every process
+    /// sharing the cache, one caller computes a missing key while the others wait for its
+    /// result; near expiry one caller refreshes early while the others keep getting the
+    /// current value (and a failed refresh still returns it).
+    ///
+    /// Returns within `max(max wait, deadline) + compute + deadline` (see the
+    /// [module docs](self)). The first read's errors are returned at once (Redis down: compute
+    /// without the cache if you like); while waiting for another caller's fill, exactly the
+    /// [transient](Error::is_transient) errors are retried. A failed compute is
+    /// [`Error::Compute`], and its lease is given back at once so that a waiting caller takes
+    /// over; so is a `None` without negative caching. A failed write-back is returned as the
+    /// error (the value was not cached).
+    ///
+    /// The connection must be cloneable (`Clone + 'static`: a multiplexed connection, a
+    /// connection manager, a cluster connection; from a pool, the pooled connection's inner
+    /// one), so that a cancelled fill can give its lease back from a spawned task.
+    ///
+    /// Blocking twin: [`get_or_compute_blocking`](Self::get_or_compute_blocking).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future (or a panic in `compute`) while it may hold the fill lease spawns a
+    /// release of the lease on the current tokio runtime, on a clone of the connection, bounded
+    /// by the cache's deadline; without a current runtime, or if that release fails, the lease
+    /// ends by its expiry ([`with_lease`](Self::with_lease)), and other callers wait until then
+    /// (at most their max wait). Nothing is written: a value is only stored by the completed
+    /// write-back.
     pub async fn get_or_compute<C, F, Fut, E>(
         &self,
         con: &mut C,
@@ -333,41 +352,26 @@ impl Cache {
         compute: F,
     ) -> Result<Option<Vec<u8>>>
     where
-        C: redis::aio::ConnectionLike + Send,
+        C: redis::aio::ConnectionLike + Clone + Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<Option<Vec<u8>>, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let token = random_token();
-        let deadline = Instant::now() + self.max_wait();
-        let mut compute = Some(compute);
-        loop {
-            let reply = self.get_call(key, Some(&token))?.query_async(con).await?;
-            match next_step(reply, deadline)? {
-                Step::Done(v) => return Ok(v),
-                Step::Wait(pause) => tokio::time::sleep(pause).await,
-                Step::Fill { version, current } => {
-                    let f = compute
-                        .take()
-                        .ok_or_else(|| Error::unexpected("cache.get", "a second fill lease"))?;
-                    let started = Instant::now();
-                    let result = f().await.map_err(|e| Error::Compute(e.into()));
-                    let write =
-                        self.after_fill(key, ttl, version, &token, started.elapsed(), result, current)?;
-                    if let Some(call) = &write.store {
-                        call.query_async(con).await?;
-                    }
-                    if let Some(call) = &write.release {
-                        call.query_async(con).await?;
-                    }
-                    return write.outcome;
-                }
-            }
-        }
+        let fill = Fill::new(self, key, ttl)?;
+        let mut guard = fill.guard(con);
+        let lease = match flow::run_async(fill.acquire(), guard.con()).await {
+            Ok(Start::Lease(lease)) => lease,
+            other => return guard.disarm(Start::answer(other)),
+        };
+        let computed = compute().await;
+        let written = flow::run_async(fill.write_back(lease, computed), guard.con()).await;
+        guard.disarm(written)
     }
 
-    /// [`get_or_compute`](Self::get_or_compute) on a blocking connection with a blocking
-    /// `compute`.
+    /// The blocking twin of [`get_or_compute`](Self::get_or_compute), with a blocking
+    /// `compute`: the same flows on a blocking connection, each round trip bounded by the
+    /// connection's read and write timeouts. A panic in `compute` unwinds without a release:
+    /// the lease then ends by its expiry.
     pub fn get_or_compute_blocking<F, E>(
         &self,
         con: &mut dyn redis::ConnectionLike,
@@ -379,74 +383,12 @@ impl Cache {
         F: FnOnce() -> std::result::Result<Option<Vec<u8>>, E>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let token = random_token();
-        let deadline = Instant::now() + self.max_wait();
-        let mut compute = Some(compute);
-        loop {
-            let reply = self.get_call(key, Some(&token))?.query(con)?;
-            match next_step(reply, deadline)? {
-                Step::Done(v) => return Ok(v),
-                Step::Wait(pause) => std::thread::sleep(pause),
-                Step::Fill { version, current } => {
-                    let f = compute
-                        .take()
-                        .ok_or_else(|| Error::unexpected("cache.get", "a second fill lease"))?;
-                    let started = Instant::now();
-                    let result = f().map_err(|e| Error::Compute(e.into()));
-                    let write =
-                        self.after_fill(key, ttl, version, &token, started.elapsed(), result, current)?;
-                    if let Some(call) = &write.store {
-                        call.query(con)?;
-                    }
-                    if let Some(call) = &write.release {
-                        call.query(con)?;
-                    }
-                    return write.outcome;
-                }
-            }
-        }
-    }
-
-    /// What to send after a fill, and what to answer: store the value (which also frees the
-    /// lease), or on failure free the lease and serve the current value if there is one.
-    #[allow(clippy::too_many_arguments)]
-    fn after_fill(
-        &self,
-        key: &str,
-        ttl: Duration,
-        version: Version,
-        token: &str,
-        took: Duration,
-        result: Result<Option<Vec<u8>>>,
-        current: Option<Vec<u8>>,
-    ) -> Result<AfterFill> {
-        match result {
-            Ok(Some(value)) => Ok(AfterFill {
-                store: Some(self.set_call_leased(key, Some(&value), ttl, version, took, token)?),
-                release: None,
-                outcome: Ok(Some(value)),
-            }),
-            Ok(None) => {
-                let store = match self.negative_ttl {
-                    Some(neg) => Some(self.set_call_leased(key, None, neg, version, took, token)?),
-                    None => None,
-                };
-                let release =
-                    if store.is_none() { Some(release_call(&self.lease_key(key), token)?) } else { None };
-                Ok(AfterFill { store, release, outcome: Ok(None) })
-            }
-            // An early refresh that failed still serves the value everyone else is served.
-            Err(_) if current.is_some() => Ok(AfterFill {
-                store: None,
-                release: Some(release_call(&self.lease_key(key), token)?),
-                outcome: Ok(current),
-            }),
-            Err(e) => Ok(AfterFill {
-                store: None,
-                release: Some(release_call(&self.lease_key(key), token)?),
-                outcome: Err(e),
-            }),
-        }
+        let fill = Fill::new(self, key, ttl)?;
+        let lease = match flow::run_blocking(fill.acquire(), con) {
+            Ok(Start::Lease(lease)) => lease,
+            other => return Start::answer(other),
+        };
+        flow::run_blocking(fill.write_back(lease, compute()), con)
     }
 }
 
@@ -454,6 +396,10 @@ impl Cache {
 #[cfg(feature = "serde")]
 impl Cache {
     /// [`get_or_compute`](Self::get_or_compute) for a serde type, stored as JSON.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_compute`](Self::get_or_compute).
     ///
     /// ```no_run
     /// # async fn demo(con: &mut redis::aio::ConnectionManager) -> redis_primitives::Result<()> {
@@ -475,7 +421,7 @@ impl Cache {
         compute: F,
     ) -> Result<Option<T>>
     where
-        C: redis::aio::ConnectionLike + Send,
+        C: redis::aio::ConnectionLike + Clone + Send + 'static,
         T: serde::Serialize + serde::de::DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<Option<T>, E>>,
@@ -491,180 +437,5 @@ impl Cache {
             })
             .await?;
         bytes.map(|b| serde_json::from_slice(&b).map_err(|e| Error::Compute(Box::new(e)))).transpose()
-    }
-}
-
-struct AfterFill {
-    store: Option<SetCall>,
-    release: Option<Invocation<'static>>,
-    outcome: Result<Option<Vec<u8>>>,
-}
-
-/// The fill lease is released with `lock.release`: the same compare-and-delete of a token.
-fn release_call(lease_key: &str, token: &str) -> Result<Invocation<'static>> {
-    Ok(script::get("lock.release")?.invoke().key(lease_key).arg(token))
-}
-
-fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(Error::invalid("key", "must not be empty"));
-    }
-    Ok(())
-}
-
-/// XFetch's random term, as the script takes it: round(-beta * ln(U) * 1000), U in (0, 1].
-fn xfetch_draw(beta: f64) -> u64 {
-    let u: f64 = 1.0 - rand::random::<f64>(); // (0, 1]
-    let x = -beta * u.ln() * 1000.0;
-    if x.is_finite() { x.round().clamp(0.0, 1e12) as u64 } else { 0 }
-}
-
-/// What a `get_or_compute` loop does with one cache.get reply.
-enum Step {
-    Done(Option<Vec<u8>>),
-    Wait(Duration),
-    /// This caller holds the lease: compute and write back under `version`. `current` is the
-    /// value still served (an early refresh), returned if the refresh fails.
-    Fill {
-        version: Version,
-        current: Option<Vec<u8>>,
-    },
-}
-
-fn next_step(reply: GetReply, deadline: Instant) -> Result<Step> {
-    Ok(match reply.status {
-        1 => Step::Done(reply.data),
-        5 => Step::Done(None),
-        2 => Step::Fill { version: reply.version, current: reply.data },
-        3 => Step::Fill { version: reply.version, current: None },
-        4 => {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout("waited for another caller's cache fill".into()));
-            }
-            // Poll briefly rather than sleeping the whole lease: the filler usually finishes
-            // well before its lease ends.
-            let lease_left = Duration::from_millis(reply.lease_pttl.max(1) as u64);
-            Step::Wait(lease_left.min(Duration::from_millis(20)).min(deadline - now))
-        }
-        other => return Err(Error::unexpected("cache.get", format!("status {other} for a leased read"))),
-    })
-}
-
-struct GetReply {
-    status: i64,
-    data: Option<Vec<u8>>,
-    version: Version,
-    lease_pttl: i64,
-}
-
-impl GetReply {
-    fn lookup(self) -> Lookup {
-        let entry = match (self.status, self.data) {
-            (5, _) => Entry::NotFound,
-            (_, Some(d)) => Entry::Hit(d),
-            (_, None) => Entry::Miss,
-        };
-        Lookup { entry, version: self.version }
-    }
-}
-
-struct GetCall {
-    keys: [String; 3],
-    token: String,
-    lease_ms: u64,
-    early: u64,
-}
-
-impl ScriptCall for GetCall {
-    type Output = GetReply;
-    fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("cache.get")?
-            .invoke()
-            .key(&self.keys[..])
-            .arg(&self.token)
-            .arg(self.lease_ms)
-            .arg(self.early)
-            // A plain read takes no lease and writes nothing.
-            .read_only(self.lease_ms == 0))
-    }
-    fn parse(&self, reply: Reply) -> Result<GetReply> {
-        let redis::Value::Array(items) = reply.value() else { return Err(reply.unexpected("an array of 5")) };
-        if items.len() != 5 {
-            return Err(reply.unexpected("an array of 5"));
-        }
-        let int = |i: usize| Reply::new("cache.get", items[i].clone()).int();
-        let data = match &items[1] {
-            redis::Value::Nil => None,
-            redis::Value::BulkString(b) => Some(b.clone()),
-            _ => return Err(reply.unexpected("data as bytes or nil")),
-        };
-        let status = int(0)?;
-        if !(0..=5).contains(&status) {
-            return Err(reply.unexpected("a status 0..5"));
-        }
-        Ok(GetReply {
-            status,
-            data,
-            version: Version { segment: int(2)?.max(0) as u64, generation: int(3)?.max(0) as u64 },
-            lease_pttl: int(4)?,
-        })
-    }
-}
-
-struct SetCall {
-    keys: [String; 3],
-    version: Version,
-    data: Option<Vec<u8>>,
-    ttl_ms: u64,
-    delta_ms: u64,
-    token: String,
-}
-
-impl ScriptCall for SetCall {
-    type Output = Stored;
-    fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("cache.set")?
-            .invoke()
-            .key(&self.keys[..])
-            .arg(self.version.segment)
-            .arg(self.version.generation)
-            .arg(self.data.as_deref().unwrap_or_default())
-            .arg(self.ttl_ms)
-            .arg(self.delta_ms)
-            .arg(&self.token)
-            .arg(u8::from(self.data.is_none())))
-    }
-    fn parse(&self, reply: Reply) -> Result<Stored> {
-        Ok(if reply.ints(3)?[0] == 1 { Stored::Stored } else { Stored::Stale })
-    }
-}
-
-struct BumpCall {
-    key: String,
-}
-
-impl ScriptCall for BumpCall {
-    type Output = u64;
-    fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("cache.bump")?.invoke().key(&self.key))
-    }
-    fn parse(&self, reply: Reply) -> Result<u64> {
-        Ok(reply.int()?.max(0) as u64)
-    }
-}
-
-struct DeleteCall {
-    key: String,
-    tombstone_ms: u64,
-}
-
-impl ScriptCall for DeleteCall {
-    type Output = bool;
-    fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("cache.delete")?.invoke().key(&self.key).arg(self.tombstone_ms))
-    }
-    fn parse(&self, reply: Reply) -> Result<bool> {
-        Ok(reply.int()? == 1)
     }
 }
