@@ -35,13 +35,15 @@ async fn main() -> redis_primitives::Result<()> {
     let stream = Stream::new("example-orders")?;
 
     let mut con = client.get_multiplexed_async_connection().await?;
-    let producer = Producer::new(stream.clone(), Retention::MaxLen(10_000))?;
+    // Every producer and admin call returns within its deadline, whatever the server does.
+    let producer =
+        Producer::new(stream.clone(), Retention::MaxLen(10_000))?.with_deadline(Duration::from_secs(1));
     let orders: Vec<Order> = (1..=100).map(|id| Order { id, cents: id * 100 }).collect();
     let ids = producer.add_messages(&mut con, &orders).await?;
     println!("produced {} orders into {}", ids.len(), stream.key());
 
     let options = WorkerOptions::default().block(Duration::from_secs(2)).max_deliveries(3);
-    let worker = Worker::new(client, stream, "billing", "billing-example", options)?;
+    let worker = Worker::new(client, stream.clone(), "billing", "billing-example", options)?;
     let shutdown = Shutdown::new();
     let handled = Arc::new(AtomicU64::new(0));
     let (h, s) = (handled.clone(), shutdown.clone());
@@ -65,5 +67,8 @@ async fn main() -> redis_primitives::Result<()> {
         )
         .await?;
     println!("{report:?}");
+    for dead in stream.dead_letters(&mut con, None, 10).await? {
+        println!("dead letter {} after {} deliveries: {}", dead.origin_id, dead.deliveries, dead.reason);
+    }
     Ok(())
 }

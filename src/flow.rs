@@ -26,6 +26,10 @@ pub(crate) enum Step<T> {
     /// Send this native command (named for error messages: a reset's `DEL`, a stream's `XADD`);
     /// its outcome comes back as [`Event::Reply`].
     Command(&'static str, redis::Cmd),
+    /// Send these native commands in one pipeline (one round trip, not a transaction), named
+    /// for error messages; the replies come back as one [`Event::Reply`] holding an array with
+    /// one item per command (the first error reply fails the whole step).
+    Pipeline(&'static str, redis::Pipeline),
     /// Sleep, then [`Event::Woke`].
     Sleep(Duration),
     /// Finished.
@@ -173,6 +177,13 @@ where
                 .await;
                 flow.on(Event::Reply(reply))
             }
+            Step::Pipeline(name, pipe) => {
+                let reply = within(flow.deadline(), name, async {
+                    pipe.query_async::<Value>(con).await.map_err(Error::from)
+                })
+                .await;
+                flow.on(Event::Reply(reply))
+            }
         }
     }
 }
@@ -199,6 +210,13 @@ pub(crate) fn run_blocking<F: Flow>(mut flow: F, con: &mut dyn redis::Connection
                 let reply = match flow.deadline() {
                     Some(at) if Instant::now() >= at => Err(timeout(name)),
                     _ => cmd.query::<Value>(con).map_err(Error::from),
+                };
+                flow.on(Event::Reply(reply))
+            }
+            Step::Pipeline(name, pipe) => {
+                let reply = match flow.deadline() {
+                    Some(at) if Instant::now() >= at => Err(timeout(name)),
+                    _ => pipe.query::<Value>(con).map_err(Error::from),
                 };
                 flow.on(Event::Reply(reply))
             }
@@ -408,29 +426,81 @@ impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Flow for Map<F, G> {
 
 impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Map<F, G> {
     fn mapped(&mut self, step: Step<F::Out>) -> Step<T> {
-        match step {
+        step.forward(|out| match self.f.take() {
+            Some(f) => out.and_then(f),
+            None => Err(Error::unexpected("flow", "finished twice")),
+        })
+    }
+}
+
+impl<T> Step<T> {
+    /// The same step for a wrapping flow with another answer; `done` makes its answer from
+    /// this one's.
+    fn forward<U>(self, done: impl FnOnce(Result<T>) -> Result<U>) -> Step<U> {
+        match self {
             Step::Call(inv) => Step::Call(inv),
             Step::Command(name, cmd) => Step::Command(name, cmd),
+            Step::Pipeline(name, pipe) => Step::Pipeline(name, pipe),
             Step::Sleep(d) => Step::Sleep(d),
-            Step::Done(out) => match self.f.take() {
-                Some(f) => Step::Done(out.and_then(f)),
-                None => Step::Done(Err(Error::unexpected("flow", "finished twice"))),
-            },
+            Step::Done(out) => Step::Done(done(out)),
         }
     }
 }
 
-/// One native command, bounded by a deadline: the single-command twin of [`Once`].
+/// A flow whose outcome, error included, goes through `f`: how an error reply that means
+/// "already done" (a stream's `BUSYGROUP`) becomes an answer.
+pub(crate) struct Then<F, G> {
+    flow: F,
+    f: Option<G>,
+}
+
+/// `flow`, with its outcome (answer or error) mapped by `f`.
+pub(crate) fn then<F: Flow, G: FnOnce(Result<F::Out>) -> Result<T>, T>(flow: F, f: G) -> Then<F, G> {
+    Then { flow, f: Some(f) }
+}
+
+impl<F: Flow, G: FnOnce(Result<F::Out>) -> Result<T>, T> Flow for Then<F, G> {
+    type Out = T;
+
+    fn start(&mut self) -> Step<T> {
+        self.flow.start().forward(|out| self.f.take().map_or_else(|| Err(twice()), |f| f(out)))
+    }
+
+    fn on(&mut self, event: Event) -> Step<T> {
+        self.flow.on(event).forward(|out| self.f.take().map_or_else(|| Err(twice()), |f| f(out)))
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.flow.deadline()
+    }
+}
+
+fn twice() -> Error {
+    Error::unexpected("flow", "finished twice")
+}
+
+/// One native command (or one pipeline of them), bounded by a deadline: the single-command twin
+/// of [`Once`].
 pub(crate) struct OnceCommand {
-    name: &'static str,
-    cmd: Option<redis::Cmd>,
+    step: Option<Step<Value>>,
     deadline: Option<Instant>,
 }
 
 impl OnceCommand {
     /// `cmd` (named `name` in errors), to be answered within `timeout` from now.
     pub(crate) fn new(name: &'static str, cmd: redis::Cmd, timeout: Duration) -> Self {
-        OnceCommand { name, cmd: Some(cmd), deadline: Some(crate::rules::deadline(timeout)) }
+        OnceCommand { step: Some(Step::Command(name, cmd)), deadline: Some(crate::rules::deadline(timeout)) }
+    }
+
+    /// The commands of `pipe` in one round trip (not a transaction), to be answered within
+    /// `timeout` from now: an array with one reply per command. An empty pipeline answers an
+    /// empty array at once, without sending anything.
+    pub(crate) fn pipeline(name: &'static str, pipe: redis::Pipeline, timeout: Duration) -> Self {
+        let step = match pipe.is_empty() {
+            true => Step::Done(Ok(Value::Array(Vec::new()))),
+            false => Step::Pipeline(name, pipe),
+        };
+        OnceCommand { step: Some(step), deadline: Some(crate::rules::deadline(timeout)) }
     }
 }
 
@@ -438,10 +508,7 @@ impl Flow for OnceCommand {
     type Out = Value;
 
     fn start(&mut self) -> Step<Value> {
-        match self.cmd.take() {
-            Some(cmd) => Step::Command(self.name, cmd),
-            None => Step::Done(Err(Error::unexpected("flow", "started twice"))),
-        }
+        self.step.take().unwrap_or_else(|| Step::Done(Err(Error::unexpected("flow", "started twice"))))
     }
 
     fn on(&mut self, event: Event) -> Step<Value> {

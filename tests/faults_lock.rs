@@ -245,7 +245,8 @@ async fn every_timed_call_returns_in_time_when_redis_is_killed() {
 }
 
 /// A cluster primary (the one holding the lock's slot) is killed mid-run, and its replica is
-/// promoted: every timed call returns within its timeout + the clean-up margin throughout.
+/// promoted: every timed call returns within its timeout + the clean-up margin throughout, and
+/// the lock works again once the replica serves the slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_timed_call_returns_in_time_when_a_cluster_primary_is_killed() {
     let mut cluster = Cluster::start();
@@ -259,17 +260,28 @@ async fn every_timed_call_returns_in_time_when_a_cluster_primary_is_killed() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     let before = stats.count("Lock::acquire");
-    let (primary, _) = cluster.owners(lock.keys().lock());
-    cluster.nodes.iter_mut().find(|n| n.port() == primary).unwrap().kill();
+    let key = lock.keys().lock().to_owned();
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (cluster, _dead, promoted) = tokio::task::spawn_blocking(move || {
+        let (dead, promoted) = cluster.kill_primary(&key);
+        (cluster, dead, promoted)
+    })
+    .await
+    .unwrap();
+    let failover = killed.elapsed();
+    let during = stats.count("Lock::acquire");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     tasks.join_all().await;
     let after = stats.count("Lock::acquire");
-    println!("[killed cluster primary :{primary}] ran {:?} after the kill", killed.elapsed());
+    println!(
+        "[killed cluster primary] replica :{promoted} took over {failover:?} after the kill; Lock::acquire (calls, failed): before {before:?}, at the takeover {during:?}, at the end {after:?}"
+    );
     assert!(before.0 > before.1, "some acquires ran before the kill: {before:?}");
-    assert!(after.1 > before.1, "acquires failed after the kill: {before:?} -> {after:?}");
+    assert!(during.1 > before.1, "acquires failed while the slot had no primary: {before:?} -> {during:?}");
+    assert!(after.0 - after.1 > during.0 - during.1, "acquires succeed again after the takeover");
     stats.check("killed cluster primary", margin());
+    drop(cluster);
 }
 
 /// The one-round-trip raw calls and every method of a lock and a semaphore (not held) against

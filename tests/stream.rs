@@ -808,6 +808,190 @@ async fn bad_input_is_refused_before_sending() {
     assert!(invalid(Worker::new(client, stream, "g", "", WorkerOptions::default()).map(drop)));
 }
 
+/// Every constructor, option and public call refuses out-of-range input (zero and maximal
+/// durations, `u64::MAX`, `usize::MAX`, empty and oversized strings) with a typed error before
+/// sending anything, async and blocking alike; nothing panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_argument_is_a_typed_error_before_sending_never_a_panic() {
+    let invalid = |what: &str, r: Result<(), Error>| {
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{what}: {r:?}");
+    };
+    let long = "x".repeat(1025);
+    for name in ["", "}", "a}b", long.as_str()] {
+        invalid("Stream::new", Stream::new(name).map(drop));
+    }
+    let bad_retentions = [
+        Retention::MaxLen(0),
+        Retention::MaxLen(u64::MAX),
+        Retention::MinId(String::new()),
+        Retention::MinId("x".into()),
+        Retention::MinId("99999999999999999999-0".into()),
+        Retention::MaxAge(Duration::ZERO),
+        Retention::MaxAge(Duration::MAX),
+        Retention::MaxAge(Duration::from_micros(1500)),
+    ];
+    let stream = Stream::new(unique("args")).unwrap();
+    for r in &bad_retentions {
+        invalid("Retention::validate", r.validate());
+        invalid("Producer::new", Producer::new(stream.clone(), r.clone()).map(drop));
+    }
+
+    let server = Server::start();
+    let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
+    let mut blocking = server.conn();
+    let sent = || {
+        ["xadd", "xgroup", "xlen", "xtrim", "xrevrange", "xpending", "xrange", "evalsha", "eval"]
+            .iter()
+            .map(|c| server.calls(c))
+            .sum::<u64>()
+    };
+    let before = sent();
+    let producer = Producer::new(stream.clone(), Retention::MaxLen(10)).unwrap();
+    let empty: [(&str, &str); 0] = [];
+    struct NoFields;
+    impl StreamMessage for NoFields {
+        type Error = String;
+        fn to_fields(&self) -> Fields {
+            Fields::new()
+        }
+        fn from_fields(_: &Fields) -> Result<Self, String> {
+            Ok(NoFields)
+        }
+    }
+    invalid("add", producer.add(&mut con, empty).await.map(drop));
+    invalid("add_blocking", producer.add_blocking(&mut blocking, empty).map(drop));
+    invalid("add_message", producer.add_message(&mut con, &NoFields).await.map(drop));
+    invalid("add_many", producer.add_many(&mut con, [vec![("a", "1")], vec![]]).await.map(drop));
+    invalid("add_messages_blocking", producer.add_messages_blocking(&mut blocking, &[NoFields]).map(drop));
+
+    for g in ["", long.as_str()] {
+        invalid("create_group", stream.create_group(&mut con, g, &StartFrom::New).await.map(drop));
+        invalid("pending", stream.pending(&mut con, g).await.map(drop));
+        invalid("pending_blocking", stream.pending_blocking(&mut blocking, g).map(drop));
+        invalid("retire_consumer group", stream.retire_consumer(&mut con, g, "c").await.map(drop));
+        invalid("retire_consumer consumer", stream.retire_consumer(&mut con, "g", g).await.map(drop));
+        invalid("dead_letter group", stream.dead_letter(&mut con, g, "c", "1-0", "r", None).await.map(drop));
+        invalid(
+            "dead_letter consumer",
+            stream.dead_letter(&mut con, "g", g, "1-0", "r", None).await.map(drop),
+        );
+    }
+    for id in ["", "x", "1-x", "-1", "99999999999999999999-0"] {
+        invalid(
+            "StartFrom::Id",
+            stream.create_group(&mut con, "g", &StartFrom::Id(id.into())).await.map(drop),
+        );
+    }
+    for id in ["", "x", "1", "1-x", "99999999999999999999-0"] {
+        invalid("dead_letters after", stream.dead_letters(&mut con, Some(id), 1).await.map(drop));
+        invalid("dead_letter id", stream.dead_letter(&mut con, "g", "c", id, "r", None).await.map(drop));
+    }
+    for n in [0, usize::MAX] {
+        invalid("dead_letters count", stream.dead_letters(&mut con, None, n).await.map(drop));
+        invalid(
+            "dead_letters_blocking count",
+            stream.dead_letters_blocking(&mut blocking, None, n).map(drop),
+        );
+    }
+    for maxlen in [Some(0), Some(u64::MAX)] {
+        invalid("dead_maxlen", stream.dead_letter(&mut con, "g", "c", "1-0", "r", maxlen).await.map(drop));
+    }
+    let reason = "r".repeat(65537);
+    invalid("reason", stream.dead_letter(&mut con, "g", "c", "1-0", &reason, None).await.map(drop));
+    for r in &bad_retentions {
+        invalid("trim", stream.trim(&mut con, r).await.map(drop));
+        invalid("trim_blocking", stream.trim_blocking(&mut blocking, r).map(drop));
+    }
+    invalid("RetireCall::new", redis_primitives::stream::RetireCall::new(&stream, "", "c").map(drop));
+    assert_eq!(sent() - before, 0, "nothing was sent");
+
+    // Every option out of range, every name empty: refused by Worker::new.
+    let d = WorkerOptions::default;
+    for opts in [
+        d().block(Duration::ZERO),
+        d().block(Duration::MAX),
+        d().command_timeout(Duration::ZERO),
+        d().command_timeout(Duration::MAX),
+        d().min_idle(Duration::ZERO),
+        d().min_idle(Duration::MAX),
+        d().claim_interval(Duration::ZERO),
+        d().claim_interval(Duration::MAX),
+        d().batch(0),
+        d().batch(usize::MAX),
+        d().concurrency(0),
+        d().concurrency(usize::MAX),
+        d().max_deliveries(0),
+        d().max_deliveries(u64::MAX),
+        d().dead_maxlen(Some(0)),
+        d().dead_maxlen(Some(u64::MAX)),
+        d().start(StartFrom::Id(String::new())),
+    ] {
+        invalid("WorkerOptions::validate", opts.validate());
+        invalid("Worker::new", Worker::new(server.client(), stream.clone(), "g", "c", opts).map(drop));
+    }
+    for (g, c) in [("", "c"), ("g", ""), (long.as_str(), "c"), ("g", long.as_str())] {
+        invalid("Worker::new names", Worker::new(server.client(), stream.clone(), g, c, d()).map(drop));
+    }
+
+    // Extreme deadlines are not errors: zero times out at once, the maximum is no limit.
+    let t = Instant::now();
+    let zero = stream.clone().with_deadline(Duration::ZERO).len(&mut con).await;
+    assert!(matches!(zero, Ok(_) | Err(Error::Timeout(_))), "{zero:?}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(stream.clone().with_deadline(Duration::MAX).len(&mut con).await.unwrap(), 0);
+    let unbounded = producer.clone().with_deadline(Duration::MAX);
+    unbounded.add(&mut con, [("a", "1")]).await.unwrap();
+}
+
+/// The extremes `validate` accepts run: what passes validation never fails in `run`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extreme_options_validate_accepts_run() {
+    let server = Server::start();
+    let mut env = standalone(&server).await;
+    let stream = Stream::new(unique("extreme")).unwrap();
+    let producer = Producer::new(stream.clone(), Retention::MaxLen(1_000_000_000_000)).unwrap();
+    let max_ms = Duration::from_millis(1_000_000_000_000);
+    let extremes = [
+        WorkerOptions::default()
+            .block(Duration::from_millis(1))
+            .batch(10_000)
+            .concurrency(100_000)
+            .min_idle(max_ms)
+            .claim_interval(max_ms)
+            .max_deliveries(1_000_000_000_000)
+            .dead_maxlen(Some(1_000_000_000_000))
+            .command_timeout(Duration::from_secs(3600)),
+        WorkerOptions::default()
+            .block(Duration::from_secs(3600))
+            .batch(1)
+            .concurrency(1)
+            .min_idle(Duration::from_millis(1))
+            .claim_interval(Duration::from_millis(1))
+            .max_deliveries(1)
+            .dead_maxlen(None)
+            .start(StartFrom::Id("0-0".into())),
+    ];
+    for (i, opts) in extremes.into_iter().enumerate() {
+        let seen = Seen::default();
+        let worker = Worker::new(env.connector.clone(), stream.clone(), format!("g{i}"), "c", opts).unwrap();
+        let seen_h = seen.clone();
+        let (stop, task) = spawn_worker(worker, move |d: Delivery| {
+            let seen = seen_h.clone();
+            async move {
+                seen.record(&d.id);
+                Ok(())
+            }
+        });
+        let id = producer.add(&mut env.con, [("n", i.to_string())]).await.unwrap();
+        wait_until("the entry", Duration::from_secs(10), || seen.ids().contains(&id)).await;
+        let t = Instant::now();
+        stop.trigger();
+        let report = task.await.unwrap().unwrap();
+        eprintln!("extreme options {i}: shut down in {:?}: {report:?}", t.elapsed());
+        assert!(report.processed >= 1 && report.acked == report.processed, "{report:?}");
+    }
+}
+
 /// A key of the wrong type stops the worker with that error, instead
 /// of retrying forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 //! is gone, so servers shared through a `static` do not outlive the test binary.
 
 mod fake;
+mod faults;
 mod proxy;
 
 pub use fake::{FakeServer, dead_url, quiet_client};

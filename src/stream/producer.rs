@@ -1,16 +1,21 @@
-//! XADD with a bounded length.
+//! XADD with a bounded length, single or pipelined, within a deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use redis::{Cmd, Value};
 
-use super::wire::{id_millis, text};
-use super::{Fields, Retention, Stream, StreamMessage};
+use super::wire::{self, id_millis};
+use super::{DEFAULT_DEADLINE, Retention, Stream, StreamMessage};
+use crate::flow::{self, Flow, OnceCommand, twins};
 use crate::{Error, Result};
 
 /// Appends entries to one stream, trimming it on every add (approximate `MAXLEN ~` or
-/// `MINID ~`, so Redis trims whole macro nodes and the cost stays O(1) amortised).
+/// `MINID ~`, so Redis trims whole macro nodes and the cost stays O(1) amortised). Every add
+/// returns within the producer's deadline ([`DEFAULT_DEADLINE`] unless changed with
+/// [`with_deadline`](Self::with_deadline)), with [`Error::Timeout`] when it passed: the entry
+/// may or may not have been added then.
 ///
 /// Clones share the newest ID seen (used by [`Retention::MaxAge`]).
 ///
@@ -32,13 +37,25 @@ pub struct Producer {
     retention: Retention,
     /// Milliseconds part of the newest ID this producer was given (0: none yet).
     newest_ms: Arc<AtomicU64>,
+    deadline: Duration,
 }
 
 impl Producer {
     /// A producer appending to `stream`, keeping it bounded by `retention`.
     pub fn new(stream: Stream, retention: Retention) -> Result<Self> {
         retention.validate()?;
-        Ok(Producer { stream, retention, newest_ms: Arc::new(AtomicU64::new(0)) })
+        Ok(Producer { stream, retention, newest_ms: Arc::new(AtomicU64::new(0)), deadline: DEFAULT_DEADLINE })
+    }
+
+    /// How long each add may take before failing with [`Error::Timeout`] (default
+    /// [`DEFAULT_DEADLINE`]).
+    pub fn with_deadline(self, deadline: Duration) -> Self {
+        Producer { deadline, ..self }
+    }
+
+    /// The deadline of each add.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The stream.
@@ -51,12 +68,8 @@ impl Producer {
         &self.retention
     }
 
-    fn xadd<I, K, V>(&self, fields: I) -> Result<Cmd>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
+    /// `XADD <key> <trim> * <fields>`; refuses an entry without fields.
+    fn xadd(&self, fields: impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>) -> Result<Cmd> {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(self.stream.key());
         let newest = self.newest_ms.load(Ordering::Relaxed);
@@ -75,128 +88,64 @@ impl Producer {
         Ok(cmd)
     }
 
-    fn seen(&self, id: &str) {
-        if let Some(ms) = id_millis(id) {
-            self.newest_ms.fetch_max(ms, Ordering::Relaxed);
-        }
-    }
-
-    fn id_of(&self, v: &Value) -> Result<String> {
-        let id = text(v).ok_or_else(|| Error::unexpected("XADD", format!("expected an ID, got {v:?}")))?;
-        self.seen(&id);
-        Ok(id)
-    }
-
-    /// Appends one entry (at least one field); returns its ID.
-    pub async fn add<C, I, K, V>(&self, con: &mut C, fields: I) -> Result<String>
-    where
-        C: redis::aio::ConnectionLike + Send,
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
-        let v: Value = self.xadd(fields)?.query_async(con).await?;
-        self.id_of(&v)
-    }
-
-    /// [`add`](Self::add) on a blocking connection.
-    pub fn add_blocking<I, K, V>(&self, con: &mut dyn redis::ConnectionLike, fields: I) -> Result<String>
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
-        let v: Value = self.xadd(fields)?.query(con)?;
-        self.id_of(&v)
-    }
-
-    /// Appends a typed message; returns its ID.
-    pub async fn add_message<C, M>(&self, con: &mut C, message: &M) -> Result<String>
-    where
-        C: redis::aio::ConnectionLike + Send,
-        M: StreamMessage,
-    {
-        self.add(con, &message.to_fields()).await
-    }
-
-    /// [`add_message`](Self::add_message) on a blocking connection.
-    pub fn add_message_blocking<M: StreamMessage>(
+    /// One XADD per entry, in one pipeline; nothing when any entry is invalid.
+    fn pipeline(
         &self,
-        con: &mut dyn redis::ConnectionLike,
-        message: &M,
-    ) -> Result<String> {
-        self.add_blocking(con, &message.to_fields())
-    }
-
-    fn pipeline<B, I, K, V>(&self, batch: B) -> Result<(redis::Pipeline, usize)>
-    where
-        B: IntoIterator<Item = I>,
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
+        batch: impl IntoIterator<Item = impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>>,
+    ) -> Result<impl Flow<Out = Vec<String>>> {
         let mut pipe = redis::pipe();
-        let mut n = 0;
         for fields in batch {
             pipe.add_command(self.xadd(fields)?);
-            n += 1;
         }
-        Ok((pipe, n))
+        let (n, newest_ms) = (pipe.len(), self.newest_ms.clone());
+        Ok(flow::map(OnceCommand::pipeline("XADD", pipe, self.deadline), move |v| {
+            wire::replies("XADD", v, n)?.iter().map(|v| id_of(&newest_ms, v)).collect()
+        }))
     }
 
-    fn ids_of(&self, values: Vec<Value>, n: usize) -> Result<Vec<String>> {
-        if values.len() != n {
-            return Err(Error::unexpected("XADD", format!("{} replies for {n} entries", values.len())));
-        }
-        values.iter().map(|v| self.id_of(v)).collect()
+    fn add_one(&self, cmd: Cmd) -> impl Flow<Out = String> + use<> {
+        let newest_ms = self.newest_ms.clone();
+        flow::map(OnceCommand::new("XADD", cmd, self.deadline), move |v| id_of(&newest_ms, &v))
     }
 
-    /// Appends many entries in one pipeline (one round trip); returns their IDs in order. Nothing
-    /// is sent when any entry is invalid. The pipeline is not a transaction: after a lost
-    /// connection, some entries may have been added. Keep batches to a few thousand entries.
-    pub async fn add_many<C, B, I, K, V>(&self, con: &mut C, batch: B) -> Result<Vec<String>>
-    where
-        C: redis::aio::ConnectionLike + Send,
-        B: IntoIterator<Item = I>,
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
-        let (pipe, n) = self.pipeline(batch)?;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Value> = pipe.query_async(con).await?;
-        self.ids_of(values, n)
-    }
+    twins! {
+        /// Appends one entry (at least one field); returns its ID.
+        cancel: "Dropping the future may or may not have added the entry.",
+        pub fn add / add_blocking (&self, fields: impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>) -> String
+            = self.add_one(self.xadd(fields)?);
 
-    /// [`add_many`](Self::add_many) on a blocking connection.
-    pub fn add_many_blocking<B, I, K, V>(
-        &self,
-        con: &mut dyn redis::ConnectionLike,
-        batch: B,
-    ) -> Result<Vec<String>>
-    where
-        B: IntoIterator<Item = I>,
-        I: IntoIterator<Item = (K, V)>,
-        K: AsRef<[u8]>,
-        V: AsRef<[u8]>,
-    {
-        let (pipe, n) = self.pipeline(batch)?;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let values: Vec<Value> = pipe.query(con)?;
-        self.ids_of(values, n)
-    }
+        /// Appends a typed message; returns its ID.
+        cancel: "Dropping the future may or may not have added the message.",
+        pub fn add_message / add_message_blocking (&self, message: &impl StreamMessage) -> String
+            = self.add_one(self.xadd(&message.to_fields())?);
 
-    /// Appends many typed messages in one pipeline.
-    pub async fn add_messages<C, M>(&self, con: &mut C, messages: &[M]) -> Result<Vec<String>>
-    where
-        C: redis::aio::ConnectionLike + Send,
-        M: StreamMessage,
-    {
-        let fields: Vec<Fields> = messages.iter().map(StreamMessage::to_fields).collect();
-        self.add_many(con, &fields).await
+        /// Appends many entries in one pipeline (one round trip); returns their IDs in order.
+        /// Nothing is sent when any entry is invalid, or when there is none. The pipeline is not
+        /// a transaction: after an error or a timeout, some entries may have been added. Keep
+        /// batches to a few thousand entries.
+        ///
+        /// On a blocking connection, a server that stops answering costs the read timeout once
+        /// per entry: redis-rs reads every reply of a pipeline, even after one timed out. Keep
+        /// blocking batches small, or the read timeout short.
+        cancel: "Dropping the future may leave any number of the entries added.",
+        pub fn add_many / add_many_blocking (&self, batch: impl IntoIterator<Item = impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>>) -> Vec<String>
+            = self.pipeline(batch)?;
+
+        /// Appends many typed messages in one pipeline, as [`add_many`](Self::add_many) (and
+        /// with the same caveat on a blocking connection).
+        cancel: "Dropping the future may leave any number of the messages added.",
+        pub fn add_messages / add_messages_blocking (&self, messages: &[impl StreamMessage]) -> Vec<String>
+            = self.pipeline(messages.iter().map(StreamMessage::to_fields))?;
     }
+}
+
+/// An XADD reply: the new entry's ID, remembered as the newest seen.
+fn id_of(newest_ms: &AtomicU64, v: &Value) -> Result<String> {
+    let id = wire::text(v)
+        .filter(|id| wire::is_stream_id(id, false))
+        .ok_or_else(|| wire::bad("XADD", "an entry ID", v))?;
+    if let Some(ms) = id_millis(&id) {
+        newest_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+    Ok(id)
 }

@@ -154,14 +154,23 @@ pub(crate) fn pending_rows(v: &Value) -> Result<Vec<PendingRow>> {
         .collect()
 }
 
+/// A pipeline's replies: exactly one per command sent.
+pub(crate) fn replies(command: &str, v: Value, sent: usize) -> Result<Vec<Value>> {
+    match v {
+        Value::Array(replies) if replies.len() == sent => Ok(replies),
+        other => Err(bad(command, &format!("{sent} replies"), &other)),
+    }
+}
+
 /// The milliseconds part of a stream ID.
 pub(crate) fn id_millis(id: &str) -> Option<u64> {
     id.split('-').next()?.parse().ok()
 }
 
-/// Whether `s` is a full stream ID `<ms>-<seq>` (or `<ms>` when `partial_ok`).
+/// Whether `s` is a full stream ID `<ms>-<seq>` (or `<ms>` when `partial_ok`), each part a
+/// 64-bit unsigned number, as Redis takes it.
 pub(crate) fn is_stream_id(s: &str, partial_ok: bool) -> bool {
-    let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok();
     match s.split_once('-') {
         Some((ms, seq)) => digits(ms) && digits(seq),
         None => partial_ok && digits(s),
@@ -229,6 +238,9 @@ mod tests {
         assert!(!is_stream_id("1-", true));
         assert!(!is_stream_id("a-1", true));
         assert!(!is_stream_id("*", true));
+        assert!(!is_stream_id("+1-0", true));
+        assert!(is_stream_id("18446744073709551615-18446744073709551615", false));
+        assert!(!is_stream_id("18446744073709551616-0", false));
         assert_eq!(id_millis("1700-3"), Some(1700));
     }
 }

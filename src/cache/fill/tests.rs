@@ -15,7 +15,7 @@ fn cache() -> Cache {
 fn what<T: std::fmt::Debug>(step: &Step<T>) -> String {
     match step {
         Step::Call(inv) => inv.script().name().to_owned(),
-        Step::Command(name, _) => (*name).to_owned(),
+        Step::Command(name, _) | Step::Pipeline(name, _) => (*name).to_owned(),
         Step::Sleep(d) => format!("sleep {}ms", d.as_millis()),
         Step::Done(out) => format!("done {out:?}"),
     }

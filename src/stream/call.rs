@@ -1,9 +1,27 @@
-//! Dead-lettering (copy + ack in one atomic script) and the dead-letter stream's entries.
+//! The stream scripts as typed calls ([`ScriptCall`]), one per `scripts/stream/*.lua`: build one
+//! with [`Stream::dead_letter_call`] or [`RetireCall::new`], run it with `query`/`query_async`,
+//! or put many into a [`Batch`](crate::script::Batch). [`Stream::dead_letter`] and
+//! [`Stream::retire_consumer`] run them within the stream's deadline.
+//!
+//! ```no_run
+//! use redis_primitives::script::{Batch, ScriptCall};
+//! use redis_primitives::stream::Stream;
+//!
+//! # fn demo(con: &mut redis::Connection) -> redis_primitives::Result<()> {
+//! let orders = Stream::new("orders")?;
+//! let mut batch = Batch::new();
+//! for id in ["1700000000000-0", "1700000000000-1"] {
+//!     batch.push(orders.dead_letter_call("billing", "billing-1", id, "bad data", Some(10_000))?);
+//! }
+//! for moved in batch.query(con)? {
+//!     println!("{:?}", moved?);
+//! }
+//! # Ok(()) }
+//! ```
 
-use super::wire::{self, RawEntry};
-use super::{Fields, Stream, check_name};
-use crate::script::{self, Invocation, Reply, ScriptCall};
-use crate::{Error, Result};
+use super::{Stream, wire};
+use crate::script::{Id, Invocation, Reply, ScriptCall};
+use crate::{Error, Result, rules};
 
 /// The largest reason the script takes; the worker truncates longer handler errors.
 pub(crate) const MAX_REASON: usize = 65536;
@@ -28,11 +46,22 @@ pub enum DeadLettered {
     NotPending,
 }
 
-/// One call of the `stream.dead_letter` script: run it with
-/// [`query_async`](ScriptCall::query_async) or [`query`](ScriptCall::query).
+/// The dead-letter stream's bound as the script takes it: `None` is unbounded (0 on the wire),
+/// `Some(n)` keeps about `n` entries, 1..=10^12.
+pub(crate) fn dead_maxlen(maxlen: Option<u64>) -> Result<u64> {
+    match maxlen {
+        None => Ok(0),
+        Some(n) => rules::count("dead_maxlen", n),
+    }
+}
+
+/// One call of the `stream.dead_letter` script: moves pending entry `id` of `consumer` to the
+/// dead-letter stream and acks it, atomically (copy + ack in one step, so an entry is never both
+/// lost and unacked, nor copied twice).
 ///
 /// The dead letter holds `dead:id`, `dead:reason`, `dead:deliveries`, `dead:group`,
-/// `dead:consumer`, then the original entry's fields; read it back with [`DeadLetter`].
+/// `dead:consumer`, then the original entry's fields; read it back with
+/// [`DeadLetter`](super::DeadLetter).
 ///
 /// ```
 /// use redis_primitives::stream::Stream;
@@ -40,6 +69,7 @@ pub enum DeadLettered {
 /// assert!(s.dead_letter_call("g", "c", "1-0", "boom", Some(1000)).is_ok());
 /// assert!(s.dead_letter_call("g", "c", "1", "boom", None).is_err()); // a full ID only
 /// assert!(s.dead_letter_call("", "c", "1-0", "boom", None).is_err());
+/// assert!(s.dead_letter_call("g", "c", "1-0", "boom", Some(u64::MAX)).is_err());
 /// ```
 #[derive(Debug, Clone)]
 pub struct DeadLetterCall {
@@ -61,22 +91,14 @@ impl DeadLetterCall {
         reason: &str,
         dead_maxlen: Option<u64>,
     ) -> Result<Self> {
-        check_name("group", group)?;
-        check_name("consumer", consumer)?;
+        rules::name("group", group)?;
+        rules::name("consumer", consumer)?;
         if !wire::is_stream_id(id, false) {
             return Err(Error::invalid("id", format!("`{id}` is not a stream ID <ms>-<seq>")));
         }
         if reason.len() > MAX_REASON {
             return Err(Error::invalid("reason", format!("must be at most {MAX_REASON} bytes")));
         }
-        let dead_maxlen = match dead_maxlen {
-            None => 0,
-            Some(0) => return Err(Error::invalid("dead_maxlen", "must be at least 1 (None: unbounded)")),
-            Some(n) if n >= 1_000_000_000_000_000 => {
-                return Err(Error::invalid("dead_maxlen", "must be at most 15 digits"));
-            }
-            Some(n) => n,
-        };
         Ok(DeadLetterCall {
             key: stream.key().to_owned(),
             dead_key: stream.dead_key().to_owned(),
@@ -84,7 +106,7 @@ impl DeadLetterCall {
             consumer: consumer.to_owned(),
             id: id.to_owned(),
             reason: reason.to_owned(),
-            dead_maxlen,
+            dead_maxlen: self::dead_maxlen(dead_maxlen)?,
         })
     }
 }
@@ -93,7 +115,7 @@ impl ScriptCall for DeadLetterCall {
     type Output = DeadLettered;
 
     fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("stream.dead_letter")?
+        Ok(Id::StreamDeadLetter
             .invoke()
             .key(self.key.as_str())
             .key(self.dead_key.as_str())
@@ -105,74 +127,21 @@ impl ScriptCall for DeadLetterCall {
     }
 
     fn parse(&self, reply: Reply) -> Result<DeadLettered> {
-        let redis::Value::Array(parts) = reply.value() else {
-            return Err(reply.unexpected("{status, dead id, deliveries}"));
-        };
+        const SHAPE: &str = "{status, dead id, deliveries}";
+        let redis::Value::Array(parts) = reply.value() else { return Err(reply.unexpected(SHAPE)) };
         let (Some(status), Some(dead_id), Some(deliveries)) = (
             parts.first().and_then(wire::int),
             parts.get(1).and_then(wire::text),
-            parts.get(2).and_then(wire::int),
+            parts.get(2).and_then(wire::int).and_then(|n| u64::try_from(n).ok()),
         ) else {
-            return Err(reply.unexpected("{status, dead id, deliveries}"));
+            return Err(reply.unexpected(SHAPE));
         };
-        let deliveries = deliveries.max(0) as u64;
         match status {
             1 if !dead_id.is_empty() => Ok(DeadLettered::Moved { dead_id, deliveries }),
             2 => Ok(DeadLettered::Gone { deliveries }),
             0 => Ok(DeadLettered::NotPending),
             _ => Err(reply.unexpected("status 0, 1 (with an ID) or 2")),
         }
-    }
-}
-
-/// One entry of the dead-letter stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Its ID in the dead-letter stream.
-    pub id: String,
-    /// The original entry's ID.
-    pub origin_id: String,
-    /// Why it was dead-lettered (the handler's error, or a note that its consumers were lost).
-    pub reason: String,
-    /// How often the group had delivered it.
-    pub deliveries: u64,
-    /// The consumer group it failed in.
-    pub group: String,
-    /// The consumer that dead-lettered it.
-    pub consumer: String,
-    /// The original entry's fields.
-    pub fields: Fields,
-}
-
-const META: [&str; 5] = ["dead:id", "dead:reason", "dead:deliveries", "dead:group", "dead:consumer"];
-
-impl DeadLetter {
-    pub(crate) fn from_raw(raw: RawEntry) -> Result<Self> {
-        let bad = |detail: &str| {
-            Error::unexpected("stream.dead_letter", format!("dead letter {}: {detail}", raw.id))
-        };
-        let fields = raw.fields.clone().ok_or_else(|| bad("no data"))?;
-        if fields.len() < META.len() {
-            return Err(bad("missing metadata fields"));
-        }
-        let (meta, fields) = fields.split_front(META.len());
-        let mut values = Vec::with_capacity(META.len());
-        for ((name, value), want) in meta.iter().zip(META) {
-            if name != want.as_bytes() {
-                return Err(bad(&format!("expected field {want}")));
-            }
-            values.push(String::from_utf8_lossy(value).into_owned());
-        }
-        let deliveries = values[2].parse().map_err(|_| bad("dead:deliveries is not a number"))?;
-        Ok(DeadLetter {
-            id: raw.id.clone(),
-            origin_id: values[0].clone(),
-            reason: values[1].clone(),
-            deliveries,
-            group: values[3].clone(),
-            consumer: values[4].clone(),
-            fields,
-        })
     }
 }
 
@@ -196,6 +165,7 @@ pub enum Retirement {
 /// let s = Stream::new("orders").unwrap();
 /// assert!(RetireCall::new(&s, "billing", "billing-1").is_ok());
 /// assert!(RetireCall::new(&s, "", "billing-1").is_err());
+/// assert!(RetireCall::new(&s, "billing", "").is_err());
 /// ```
 #[derive(Debug, Clone)]
 pub struct RetireCall {
@@ -207,8 +177,8 @@ pub struct RetireCall {
 impl RetireCall {
     /// Retires `consumer` of `group` on `stream`.
     pub fn new(stream: &Stream, group: &str, consumer: &str) -> Result<RetireCall> {
-        check_name("group", group)?;
-        check_name("consumer", consumer)?;
+        rules::name("group", group)?;
+        rules::name("consumer", consumer)?;
         Ok(RetireCall {
             key: stream.key().to_owned(),
             group: group.to_owned(),
@@ -221,15 +191,52 @@ impl ScriptCall for RetireCall {
     type Output = Retirement;
 
     fn invocation(&self) -> Result<Invocation<'static>> {
-        Ok(script::get("stream.retire_consumer")?
-            .invoke()
-            .key(&self.key)
-            .arg(&self.group)
-            .arg(&self.consumer))
+        Ok(Id::StreamRetireConsumer.invoke().key(&self.key).arg(&self.group).arg(&self.consumer))
     }
 
     fn parse(&self, reply: Reply) -> Result<Retirement> {
-        let v = reply.ints(2)?;
-        Ok(if v[0] == 1 { Retirement::Retired } else { Retirement::Kept { pending: v[1].max(0) as u64 } })
+        match reply.ints(2)?[..] {
+            [1, 0] => Ok(Retirement::Retired),
+            [0, pending] if pending > 0 => Ok(Retirement::Kept { pending: pending as u64 }),
+            _ => Err(reply.unexpected("{1, 0} or {0, pending > 0}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::Value;
+
+    use super::*;
+
+    #[test]
+    fn replies_are_checked_not_trusted() {
+        let s = Stream::new("t").unwrap();
+        let dead = s.dead_letter_call("g", "c", "1-0", "r", None).unwrap();
+        let b = |x: &str| Value::BulkString(x.as_bytes().to_vec());
+        let parse = |v| dead.parse(Reply::new("stream.dead_letter", v));
+        assert_eq!(
+            parse(Value::Array(vec![Value::Int(1), b("5-0"), Value::Int(3)])).unwrap(),
+            DeadLettered::Moved { dead_id: "5-0".into(), deliveries: 3 }
+        );
+        for v in [
+            Value::Nil,
+            Value::Array(vec![Value::Int(1), b(""), Value::Int(3)]),
+            Value::Array(vec![Value::Int(7), b(""), Value::Int(3)]),
+            Value::Array(vec![Value::Int(2), b(""), Value::Int(-1)]),
+            Value::Array(vec![Value::Int(2)]),
+        ] {
+            assert!(parse(v.clone()).is_err(), "{v:?}");
+        }
+        let retire = RetireCall::new(&s, "g", "c").unwrap();
+        let parse = |v: Vec<i64>| {
+            retire.parse(Reply::new(
+                "stream.retire_consumer",
+                Value::Array(v.into_iter().map(Value::Int).collect()),
+            ))
+        };
+        assert_eq!(parse(vec![1, 0]).unwrap(), Retirement::Retired);
+        assert_eq!(parse(vec![0, 4]).unwrap(), Retirement::Kept { pending: 4 });
+        assert!(parse(vec![0, -4]).is_err() && parse(vec![2, 0]).is_err() && parse(vec![1]).is_err());
     }
 }
