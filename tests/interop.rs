@@ -93,7 +93,8 @@ fn a_lock_held_from_rust_refuses_python_and_fences_continue_across_languages() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(held[..2], [1, 1]);
+    assert_eq!(held[0], 1);
+    let rust_fence = held[1];
 
     let v = py(&server, &["lock-acquire", &resource, "py-token", "30000"]);
     assert_eq!(v["acquired"], false, "{v}");
@@ -109,7 +110,8 @@ fn a_lock_held_from_rust_refuses_python_and_fences_continue_across_languages() {
         .unwrap();
     assert_eq!(released, redis::Value::Int(1));
     let v = py(&server, &["lock-acquire", &resource, "py-token", "30000"]);
-    assert_eq!((v["acquired"].as_bool(), v["fence_or_pttl"].as_i64()), (Some(true), Some(2)), "{v}");
+    assert_eq!(v["acquired"].as_bool(), Some(true), "{v}");
+    assert!(v["fence_or_pttl"].as_i64().unwrap() > rust_fence, "fences rise across languages: {v}");
 }
 
 #[test]

@@ -106,7 +106,7 @@ async fn primitives_work_over_rediss() {
     assert!(limiter.check(&mut con, "u", 1).await.unwrap().allowed);
     assert!(!limiter.check(&mut con, "u", 1).await.unwrap().allowed);
     // The plain port saw the same state: it is one server.
-    let card: i64 = server.cmd(&["ZCARD", &limiter.key("u").unwrap()]);
+    let card: i64 = server.cmd(&["LLEN", &limiter.key("u").unwrap()]);
     assert_eq!(card, 1);
 
     // Without the CA, the server's certificate is refused.

@@ -5,6 +5,8 @@
 //! redis-server: our API, a raw redis-rs EVALSHA of the same script with the same arguments,
 //! and the hand-rolled baseline a user would write without this crate.
 
+mod cost;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -662,6 +664,9 @@ pub struct Report {
     pub memory: Vec<(&'static str, i64)>,
     /// Per run: (handler concurrency, ours msgs/s, raw msgs/s).
     pub consume: Vec<Vec<(usize, f64, f64)>>,
+    /// Every script's server cost as a multiple of the floor (see `cost.rs`), and the
+    /// (rounds, calls, limit) it was measured with.
+    pub script_costs: (Vec<cost::CostRow>, usize, usize, u64),
 }
 
 /// Runs every case against the server at `client`.
@@ -723,7 +728,12 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
     }
     let memory = memory(&mut con).await;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume }
+    // Full runs: 7 rounds of 2,000 calls at limit 1000; smoke runs: a few calls at limit 10.
+    let (rounds, n, limit) = if config.ops_c1 >= 1000 { (7, 2000, 1000) } else { (1, 20, 10) };
+    let c = client.clone();
+    let costs = tokio::task::spawn_blocking(move || cost::run(&c, rounds, n, limit)).await.unwrap();
+    let script_costs = (costs, rounds, n, limit);
+    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume, script_costs }
 }
 
 /// (median, min, max).
@@ -833,6 +843,8 @@ impl Report {
         for (name, usec) in &self.server_cost {
             md.push_str(&format!("| {name} | {usec:.2} |\n"));
         }
+        let (costs, rounds, n, limit) = &self.script_costs;
+        md.push_str(&cost::markdown(costs, *rounds, *n, *limit));
         md.push_str("\n## Memory\n\n`MEMORY USAGE key SAMPLES 0`:\n\n| state | bytes |\n|---|---|\n");
         for (what, bytes) in &self.memory {
             md.push_str(&format!("| {what} | {bytes} |\n"));

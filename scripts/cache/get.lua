@@ -1,13 +1,14 @@
 --- @name cache.get
 --- @summary Read an entry and its segment's version in one step; on a miss or near expiry, hand one caller a fill lease.
---- @key 1 version cache:{<segment>}:version the segment's version; absent means 0
---- @key 2 entry cache:{<segment>}:e:<key> hash: v (segment version), g (key generation), d (data), t (compute ms), n (negative)
---- @key 3 lease cache:{<segment>}:lease:<key> the fill lease's holder token
+--- @key 1 version cache:{<segment>}:version the segment's version; absent means 0 (see cache.bump for its lifetime)
+--- @key 2 entry cache:{<segment>}:e:<key> hash: v (segment version), g (key generation), d (data), t (compute ms), n (negative); expires after the ttl_ms of cache.set, or the tombstone_ms of cache.delete
+--- @key 3 lease cache:{<segment>}:lease:<key> the fill lease's holder token; expires after lease_ms
 --- @arg 1 token string lease token of this caller (1..256 bytes; ignored when lease_ms is 0)
---- @arg 2 lease_ms integer>=0 lease length; 0 = plain read, never hand out a lease (writes nothing)
---- @arg 3 early integer>=0 XFetch draw: round(-beta * ln(random) * 1000); 0 = no early refresh
+--- @arg 2 lease_ms integer>=0 lease length; 0 = plain read, never hand out a lease (writes nothing); at most 999999999999999
+--- @arg 3 early integer>=0 XFetch draw: round(-beta * ln(random) * 1000); 0 = no early refresh; at most 999999999999999
 --- @returns array {status, data or nil, version, generation, lease_pttl}; status 0 miss, 1 hit, 2 hit + refresh lease is yours, 3 miss + fill lease is yours, 4 miss + another caller is filling (lease_pttl = ms it has left), 5 cached "not found"
---- @errors BADARG, CORRUPT
+--- @errors BADARG, CORRUPT (version or generation not an integer 0..2^53-1)
+--- @complexity O(1): at most 6 commands
 --- @mode write
 --- @min-server 6.2
 
@@ -18,12 +19,13 @@ if #ARGV ~= 3 then
   return redis.error_reply('BADARG argc: expected 3 (got ' .. #ARGV .. ')')
 end
 local token, lease_ms, early = ARGV[1], ARGV[2], ARGV[3]
--- Patterns, not tonumber: tonumber takes 'inf', '0x10' and '1e3'. 15 digits stay exact.
-if not string.find(lease_ms, '^%d+$') or #lease_ms > 15 then
-  return redis.error_reply('BADARG lease_ms: must be an integer >= 0')
+local find, tonumber = string.find, tonumber
+-- Patterns, not tonumber alone: tonumber takes 'inf', '0x10' and '1e3'. 15 digits stay exact.
+if lease_ms ~= '0' and (not find(lease_ms, '^%d+$') or #lease_ms > 15) then
+  return redis.error_reply('BADARG lease_ms: must be an integer 0..999999999999999')
 end
-if not string.find(early, '^%d+$') or #early > 15 then
-  return redis.error_reply('BADARG early: must be an integer >= 0')
+if early ~= '0' and (not find(early, '^%d+$') or #early > 15) then
+  return redis.error_reply('BADARG early: must be an integer 0..999999999999999')
 end
 lease_ms, early = tonumber(lease_ms), tonumber(early)
 if lease_ms > 0 and (token == '' or #token > 256) then
@@ -36,50 +38,64 @@ local version = redis.pcall('GET', KEYS[1])
 if type(version) == 'table' then
   return version
 end
-version = version or '0'
 local e = redis.pcall('HMGET', KEYS[2], 'v', 'g', 'd', 't', 'n')
 if e.err then
   return e
 end
 local gen = e[2] or '0'
-if not string.find(version, '^%d+$') or not string.find(gen, '^%d+$') then
-  return redis.error_reply('CORRUPT version or generation is not an integer')
+version = version or '0'
+-- Versions and generations stay below 2^53 (exact doubles): anything else was not written here.
+local v, g = tonumber(version), tonumber(gen)
+if #version > 16 or #gen > 16 or not find(version .. ':' .. gen, '^%d+:%d+$')
+    or v > 9007199254740991 or g > 9007199254740991 then
+  return redis.error_reply('CORRUPT version or generation: not an integer 0..9007199254740991')
 end
 
 -- Takes the lease (SET NX), or finds it already ours (a retried call): the lease is the single
--- flight, so only its holder computes while everyone else is served or waits.
-local function take_lease()
-  if redis.call('SET', KEYS[3], token, 'NX', 'PX', lease_ms) then
-    return true
+-- flight, so only its holder computes while everyone else is served or waits. SET NX writes
+-- nothing when the key exists, whatever its type; the pcall'd GET then reports a wrong type.
+-- Made only for calls that may take one.
+local take_lease
+if lease_ms > 0 then
+  take_lease = function()
+    if redis.call('SET', KEYS[3], token, 'NX', 'PX', lease_ms) then
+      return true
+    end
+    return redis.pcall('GET', KEYS[3])
   end
-  return redis.call('GET', KEYS[3]) == token
 end
 
 -- The entry counts only if written under the current version: a bump makes every older entry a
 -- miss at once, with no scan.
 if e[1] == version and e[3] then
   if e[5] == '1' then
-    return {5, false, tonumber(version), tonumber(gen), 0}
+    return {5, false, v, g, 0}
   end
   if lease_ms > 0 and early > 0 then
     -- XFetch (Vattani et al., VLDB 2015): refresh early when delta * beta * -ln(rand) >= ttl left.
     -- The random draw comes from the caller so that the script stays deterministic.
     local left = redis.call('PTTL', KEYS[2])
-    if left >= 0 and (tonumber(e[4]) or 0) * early / 1000 >= left and take_lease() then
-      return {2, e[3], tonumber(version), tonumber(gen), lease_ms}
+    if left >= 0 and (tonumber(e[4]) or 0) * early / 1000 >= left then
+      local mine = take_lease()
+      if type(mine) == 'table' then
+        return mine
+      end
+      if mine == true or mine == token then
+        return {2, e[3], v, g, lease_ms}
+      end
     end
   end
-  return {1, e[3], tonumber(version), tonumber(gen), 0}
+  return {1, e[3], v, g, 0}
 end
 
 if lease_ms == 0 then
-  return {0, false, tonumber(version), tonumber(gen), 0}
+  return {0, false, v, g, 0}
 end
 local lease = redis.pcall('GET', KEYS[3])
 if type(lease) == 'table' then
   return lease
 end
-if take_lease() then
-  return {3, false, tonumber(version), tonumber(gen), lease_ms}
+if lease == token or (not lease and take_lease()) then
+  return {3, false, v, g, lease_ms}
 end
-return {4, false, tonumber(version), tonumber(gen), redis.call('PTTL', KEYS[3])}
+return {4, false, v, g, redis.call('PTTL', KEYS[3])}

@@ -1,9 +1,10 @@
 --- @name cache.release_lease
 --- @summary Give a fill lease back, but only if this caller's token still holds it.
---- @key 1 lease cache:{<segment>}:lease:<key> the fill lease's holder token (see cache.get)
+--- @key 1 lease cache:{<segment>}:lease:<key> the fill lease's holder token (see cache.get); expires after the lease_ms of cache.get
 --- @arg 1 token string the lease token given to cache.get (1..256 bytes)
 --- @returns integer 1 released, 0 not held by this token (expired, already freed by cache.set, or another caller's)
 --- @errors BADARG
+--- @complexity O(1): 2 commands
 --- @mode write
 --- @min-server 6.2
 

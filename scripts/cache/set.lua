@@ -1,17 +1,18 @@
 --- @name cache.set
 --- @summary Write an entry only if the segment version and the key's generation are still those the caller read.
---- @key 1 version cache:{<segment>}:version the segment's version; absent means 0
---- @key 2 entry cache:{<segment>}:e:<key> hash: v, g, d, t, n (see cache.get)
+--- @key 1 version cache:{<segment>}:version the segment's version; absent means 0 (see cache.bump for its lifetime)
+--- @key 2 entry cache:{<segment>}:e:<key> hash: v, g, d, t, n (see cache.get); expires after ttl_ms
 --- @key 3 lease cache:{<segment>}:lease:<key> the fill lease, released here if this caller holds it
---- @arg 1 version integer>=0 the version cache.get returned
---- @arg 2 generation integer>=0 the generation cache.get returned
+--- @arg 1 version integer>=0 the version cache.get returned (0..9007199254740991)
+--- @arg 2 generation integer>=0 the generation cache.get returned (0..9007199254740991)
 --- @arg 3 data bytes the value (ignored when negative is 1)
---- @arg 4 ttl_ms integer>=1 how long the entry lives
---- @arg 5 delta_ms integer>=0 how long the value took to compute (drives early refresh)
+--- @arg 4 ttl_ms integer>=1 how long the entry lives (at most 999999999999999)
+--- @arg 5 delta_ms integer>=0 how long the value took to compute, drives early refresh (at most 999999999999999)
 --- @arg 6 token string the caller's lease token, or empty
 --- @arg 7 negative 0|1 1 = cache "not found"
 --- @returns array {stored 1|0, current version, current generation}
---- @errors BADARG, CORRUPT
+--- @errors BADARG, CORRUPT (version or generation not an integer 0..2^53-1)
+--- @complexity O(1) plus the size of data: at most 7 commands
 --- @mode write
 --- @min-server 6.2
 
@@ -24,18 +25,21 @@ end
 local version, gen, data, ttl, delta, token, negative =
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 -- Patterns, not tonumber: tonumber takes 'inf', '0x10' and '1e3'. No leading zeros, so equal
--- numbers are equal strings.
-if not string.find(version, '^[1-9]%d*$') and version ~= '0' then
-  return redis.error_reply('BADARG version: must be an integer >= 0')
+-- numbers are equal strings; below 2^53 every integer is an exact double.
+local function int(x, max)
+  return (x == '0' or string.find(x, '^[1-9]%d*$')) and #x <= 16 and tonumber(x) <= max
 end
-if not string.find(gen, '^[1-9]%d*$') and gen ~= '0' then
-  return redis.error_reply('BADARG generation: must be an integer >= 0')
+if not int(version, 9007199254740991) then
+  return redis.error_reply('BADARG version: must be an integer 0..9007199254740991')
 end
-if not string.find(ttl, '^[1-9]%d*$') or #ttl > 15 then
-  return redis.error_reply('BADARG ttl_ms: must be an integer >= 1')
+if not int(gen, 9007199254740991) then
+  return redis.error_reply('BADARG generation: must be an integer 0..9007199254740991')
 end
-if not string.find(delta, '^%d+$') or #delta > 15 then
-  return redis.error_reply('BADARG delta_ms: must be an integer >= 0')
+if ttl == '0' or not int(ttl, 999999999999999) then
+  return redis.error_reply('BADARG ttl_ms: must be an integer 1..999999999999999')
+end
+if not int(delta, 999999999999999) then
+  return redis.error_reply('BADARG delta_ms: must be an integer 0..999999999999999')
 end
 if negative ~= '0' and negative ~= '1' then
   return redis.error_reply('BADARG negative: must be 0 or 1')
@@ -55,8 +59,9 @@ local lease = redis.pcall('GET', KEYS[3])
 if type(lease) == 'table' then
   return lease
 end
-if not string.find(current, '^%d+$') or not string.find(e_gen, '^%d+$') then
-  return redis.error_reply('CORRUPT version or generation is not an integer')
+-- What we stored is canonical (no leading zeros); anything else was not written here.
+if not int(current, 9007199254740991) or not int(e_gen, 9007199254740991) then
+  return redis.error_reply('CORRUPT version or generation: not an integer 0..9007199254740991')
 end
 -- Done with the lease either way: a refused filler must not keep others waiting.
 if token ~= '' and lease == token then

@@ -5,6 +5,7 @@
 --- @arg 2 ttl_ms integer>=1 new lease length in milliseconds, from now (at most 15 digits)
 --- @returns integer 1 extended, 0 not held by this token (the holder must stop acting)
 --- @errors BADARG
+--- @complexity O(1): 2 commands
 --- @mode write
 --- @min-server 6.2
 

@@ -4,6 +4,7 @@
 --- @arg 1 token string the owner token given to lock.acquire (1..256 bytes)
 --- @returns integer 1 released, 0 not held by this token (expired, already released, or another owner's)
 --- @errors BADARG
+--- @complexity O(1): 2 commands
 --- @mode write
 --- @min-server 6.2
 

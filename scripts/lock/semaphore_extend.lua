@@ -1,10 +1,11 @@
 --- @name lock.semaphore_extend
 --- @summary Push a live semaphore lease's expiry to ttl_ms from now.
---- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms)
+--- @key 1 sem sem:{<name>} sorted set: member = lease token, score = lease expiry (server ms); the key expires at its latest lease's end or up to min(ttl_ms / 8, 10000) ms later (see lock.semaphore_acquire)
 --- @arg 1 token string the lease token given to lock.semaphore_acquire (1..256 bytes)
 --- @arg 2 ttl_ms integer>=1 new lease length in milliseconds, from now (at most 15 digits)
 --- @returns integer 1 extended, 0 no live lease for this token (the holder must stop acting)
---- @errors BADARG
+--- @errors BADARG, CORRUPT (the key has no expiry and its latest lease score is not one this script family writes)
+--- @complexity O(log n) for n leases: at most 6 commands
 --- @mode write
 --- @min-server 6.2
 
@@ -44,9 +45,21 @@ end
 if not score or tonumber(score) <= now then
   return 0
 end
+local expiry = now + tonumber(ttl_arg)
+-- The key must outlive its latest lease, or the extended lease would vanish with it. Our writes
+-- always leave an expiry; none (-1) means a key we did not write: its latest lease counts.
+local pttl = redis.call('PTTL', KEYS[1])
+local until_ms = now + pttl
+if pttl == -1 then
+  local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  until_ms = tonumber(latest[2])
+  if until_ms ~= until_ms or until_ms > now + 1e15 then
+    return redis.error_reply('CORRUPT sem: a lease score not written by this script: ' .. latest[2])
+  end
+end
 -- '%d', not tostring: tostring switches to exponent notation past 14 digits.
-redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ttl_arg)), token)
--- The key must outlive its latest lease, or the extended lease would vanish with it.
-local latest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], string.format('%d', tonumber(latest[2])))
+redis.call('ZADD', KEYS[1], string.format('%d', expiry), token)
+if until_ms < expiry or pttl == -1 then
+  redis.call('PEXPIREAT', KEYS[1], string.format('%d', math.max(until_ms, expiry)))
+end
 return 1

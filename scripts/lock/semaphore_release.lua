@@ -4,6 +4,7 @@
 --- @arg 1 token string the lease token given to lock.semaphore_acquire (1..256 bytes)
 --- @returns integer 1 a live lease was released, 0 not held (unknown, released already, or expired)
 --- @errors BADARG
+--- @complexity O(log n) for n leases: 3 commands
 --- @mode write
 --- @min-server 6.2
 

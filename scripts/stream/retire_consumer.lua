@@ -4,7 +4,8 @@
 --- @arg 1 group string consumer group (1..1024 bytes)
 --- @arg 2 consumer string the consumer to retire (1..1024 bytes)
 --- @returns array {retired 1|0, pending entries it still owns (0 when retired)}
---- @errors BADARG
+--- @errors BADARG, NOGROUP (Redis' own: no such key or consumer group)
+--- @complexity O(c) for c consumers of the group (XPENDING summary lists each consumer with pending entries), then one XGROUP DELCONSUMER of a consumer owning nothing
 --- @mode write
 --- @min-server 6.2
 

@@ -28,8 +28,8 @@ use crate::rules::{self, check_token};
 use crate::script::{Id, Invocation, Reply, ScriptCall};
 use crate::{Error, Result};
 
-/// The largest fencing token a fenced write accepts: 2^53 − 1, the largest integer a Lua
-/// double holds exactly (tokens derived from server time stay far below it).
+/// The largest fencing token the scripts hand out or accept: 2^53 − 1, the largest integer a
+/// Lua double holds exactly (tokens are server microseconds or above: 16 digits, below it).
 pub const MAX_FENCE: u64 = (1 << 53) - 1;
 
 /// What `lock.acquire` grants.

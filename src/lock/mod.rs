@@ -160,7 +160,8 @@ impl LockKeys {
     pub fn lock(&self) -> &str {
         &self.lock
     }
-    /// `lock:{<resource>}:fence`: where the fencing tokens come from.
+    /// `lock:{<resource>}:fence`: the last fencing token handed out; it expires with the lease
+    /// it was handed out for (losing it costs nothing: tokens have a floor of server time).
     pub fn fence(&self) -> &str {
         &self.fence
     }
@@ -168,7 +169,8 @@ impl LockKeys {
     pub fn data(&self) -> &str {
         &self.data
     }
-    /// `lock:{<resource>}:seen`: the highest fencing token that wrote `data`.
+    /// `lock:{<resource>}:seen`: the highest fencing token that wrote `data`; it lives exactly
+    /// as long as `data`.
     pub fn seen(&self) -> &str {
         &self.seen
     }

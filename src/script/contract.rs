@@ -46,7 +46,7 @@ pub struct ArgSpec {
 ///
 /// let src = "--- @name demo.echo\n--- @summary Echo.\n--- @key 1 subject demo:{<id>}\n\
 ///            --- @arg 1 value string what to echo\n--- @returns bulk string\n\
-///            --- @errors BADARG bad input\n--- @mode read\n--- @min-server 6.2\n\
+///            --- @errors BADARG bad input\n--- @complexity O(1)\n--- @mode read\n--- @min-server 6.2\n\
 ///            return ARGV[1]\n";
 /// let c = Contract::parse(src).unwrap();
 /// assert_eq!(c.name, "demo.echo");
@@ -69,6 +69,8 @@ pub struct Contract {
     pub errors: String,
     /// The error codes named at the start of `@errors` (`CODE[, CODE…]`).
     pub error_codes: Vec<String>,
+    /// `@complexity`: the most work one call can do, whatever state it finds.
+    pub complexity: String,
     /// `@mode`.
     pub mode: Mode,
     /// `@min-server`, e.g. `6.2`.
@@ -83,6 +85,7 @@ impl Contract {
         let mut summary = None;
         let mut returns = None;
         let mut errors = None;
+        let mut complexity = None;
         let mut mode = None;
         let mut min_server = None;
         let mut keys = Vec::new();
@@ -113,6 +116,7 @@ impl Contract {
                 "summary" => once(&mut summary)?,
                 "returns" => once(&mut returns)?,
                 "errors" => once(&mut errors)?,
+                "complexity" => once(&mut complexity)?,
                 "min-server" => once(&mut min_server)?,
                 "mode" => {
                     let m = match value {
@@ -177,6 +181,7 @@ impl Contract {
             returns: returns.ok_or_else(|| missing("returns"))?,
             error_codes: error_codes(&errors),
             errors,
+            complexity: complexity.ok_or_else(|| missing("complexity"))?,
             mode: mode.ok_or_else(|| missing("mode"))?,
             min_server,
         })
@@ -282,7 +287,7 @@ mod tests {
     const GOOD: &str = "--- @name a.b\n--- @summary s\n--- @key 1 lock lock:{<r>}\n\
         --- @key 2.. more x:{<r>}:<n> text here\n--- @arg 1 token string the token\n\
         --- @arg 2.. limit integer>=1\n--- @returns r\n--- @errors BADARG, CORRUPT when bad\n\
-        --- @mode write\n--- @min-server 6.2\nlocal x = 1\n--- @name ignored.after_code\n";
+        --- @complexity O(1)\n--- @mode write\n--- @min-server 6.2\nlocal x = 1\n--- @name ignored.after_code\n";
 
     #[test]
     fn parses_a_full_header() {

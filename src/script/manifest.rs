@@ -47,6 +47,7 @@ impl<'a> Manifest<'a> {
                     ("returns", Json::str(&c.returns)),
                     ("errors", Json::str(&c.errors)),
                     ("error_codes", Json::Array(c.error_codes.iter().map(|e| Json::str(e)).collect())),
+                    ("complexity", Json::str(&c.complexity)),
                     ("mode", Json::str(if c.mode == Mode::Read { "read" } else { "write" })),
                     ("min_server", Json::str(&c.min_server)),
                 ])

@@ -52,7 +52,7 @@ impl Script {
     /// ```
     /// use redis_primitives::script::Script;
     /// let s = Script::from_source("x/y.lua", b"--- @name x.y\n--- @summary s\n\
-    ///     --- @returns nil\n--- @errors none\n--- @mode read\n--- @min-server 6.2\nreturn nil\n").unwrap();
+    ///     --- @returns nil\n--- @errors none\n--- @complexity O(1)\n--- @mode read\n--- @min-server 6.2\nreturn nil\n").unwrap();
     /// assert_eq!(s.name(), "x.y");
     /// ```
     pub fn from_source(file: &str, source: &'static [u8]) -> Result<Script> {
