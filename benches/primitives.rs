@@ -53,4 +53,6 @@ fn smoke(report: &suite::Report) {
     assert!(md.contains("## Memory") && md.contains("GCRA, limit 100"));
     // Each primitive's server cost was measured (the script ran).
     assert!(report.server_cost.iter().all(|(_, usec)| *usec > 0.0), "{:?}", report.server_cost);
+    #[cfg(feature = "tower")]
+    assert!(md.contains("## Tower layer") && !md.contains("NaN"), "the tower layer section");
 }

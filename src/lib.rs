@@ -11,6 +11,8 @@
 //! - [`stream`]: producers and consumer-group workers with acks, reclaim and dead-lettering.
 //! - [`script`]: the embedded bundle, contracts, manifest, preloading and invocation.
 //! - [`doctor`], [`acl`]: operational checks and the least-privilege ACL.
+//! - [`telemetry`]: spans (`tracing` feature) and metrics (`metrics` feature); the metric names.
+//! - `tower` (feature `tower`): `RateLimitLayer`, HTTP rate limiting as tower middleware.
 //! - [`Error`]: the one error type.
 //!
 //! ```no_run
@@ -33,7 +35,9 @@ pub mod ratelimit;
 pub mod rules;
 pub mod script;
 pub mod stream;
-pub(crate) mod telemetry;
+pub mod telemetry;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use error::{Error, Result};
 /// The `redis` crate this one is built on, so a service uses the same version and features

@@ -144,7 +144,14 @@ async fn every_call_fails_typed_and_bounded(server: &FakeServer, what: &str, exp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_server_gives_a_timeout_within_the_deadline() {
     let hole = FakeServer::black_hole();
-    every_call_fails_typed_and_bounded(&hole, "black hole", |e| matches!(e, Error::Timeout(_))).await;
+    // Our deadline, or (on a loaded machine, when it fires first) the connection's own response
+    // timeout: both say "no answer in time".
+    every_call_fails_typed_and_bounded(&hole, "black hole", |e| match e {
+        Error::Timeout(_) => true,
+        Error::Connection(c) => c.is_timeout(),
+        _ => false,
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,8 @@
 //! and the hand-rolled baseline a user would write without this crate.
 
 mod cost;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -667,6 +669,8 @@ pub struct Report {
     /// Every script's server cost as a multiple of the floor (see `cost.rs`), and the
     /// (rounds, calls, limit) it was measured with.
     pub script_costs: (Vec<cost::CostRow>, usize, usize, u64),
+    /// Sections of optional features (the tower layer), as markdown.
+    pub sections: Vec<String>,
 }
 
 /// Runs every case against the server at `client`.
@@ -727,13 +731,17 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
         server_cost.push((case.name, server_usec_per_call(&mut con, case, config.ops_c1.min(2000)).await));
     }
     let memory = memory(&mut con).await;
+    #[allow(unused_mut)]
+    let mut sections = Vec::new();
+    #[cfg(feature = "tower")]
+    sections.push(tower::markdown(&tower::measure(&conns, config).await));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // Full runs: 7 rounds of 2,000 calls at limit 1000; smoke runs: a few calls at limit 10.
     let (rounds, n, limit) = if config.ops_c1 >= 1000 { (7, 2000, 1000) } else { (1, 20, 10) };
     let c = client.clone();
     let costs = tokio::task::spawn_blocking(move || cost::run(&c, rounds, n, limit)).await.unwrap();
     let script_costs = (costs, rounds, n, limit);
-    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume, script_costs }
+    Report { redis_version, cores, config, rows, batch, server_cost, memory, consume, script_costs, sections }
 }
 
 /// (median, min, max).
@@ -848,6 +856,9 @@ impl Report {
         md.push_str("\n## Memory\n\n`MEMORY USAGE key SAMPLES 0`:\n\n| state | bytes |\n|---|---|\n");
         for (what, bytes) in &self.memory {
             md.push_str(&format!("| {what} | {bytes} |\n"));
+        }
+        for section in &self.sections {
+            md.push_str(section);
         }
         md
     }

@@ -8,6 +8,7 @@
 mod fake;
 mod faults;
 mod proxy;
+pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
 pub use proxy::{Proxy, ProxyMode};

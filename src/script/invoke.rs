@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, ServerErrorKind, ToRedisArgs, Value};
 
 use super::{Mode, Reply, Script};
-use crate::{Error, Result};
+use crate::telemetry::{CallSpan, NoScript};
+use crate::{Error, Result, telemetry};
 
 /// EVALSHA_RO support, learned from the servers' answers. When a server answers EVALSHA_RO with
 /// "unknown command" (Redis < 7.0), the call is re-sent as EVALSHA at once (nothing ran), and
@@ -188,7 +189,11 @@ impl<'s> Invocation<'s> {
     /// Runs the call on a blocking connection; the raw reply.
     pub fn query(&self, con: &mut dyn redis::ConnectionLike) -> Result<Value> {
         self.validate()?;
-        drive(CallPlan::new(self), con)
+        let span = CallSpan::script(self.script.name(), self.keys.iter().next());
+        let mut plan = CallPlan::new(self);
+        let out = span.in_scope(|| drive(&mut plan, con));
+        span.finish(&out, plan.trips, plan.noscript);
+        out
     }
 
     /// Runs the call on an async connection (multiplexed, connection manager, cluster); the raw
@@ -198,7 +203,11 @@ impl<'s> Invocation<'s> {
         C: redis::aio::ConnectionLike + Send,
     {
         self.validate()?;
-        drive_async(CallPlan::new(self), con).await
+        let span = CallSpan::script(self.script.name(), self.keys.iter().next());
+        let mut plan = CallPlan::new(self);
+        let out = span.instrument(drive_async(&mut plan, con)).await;
+        span.finish(&out, plan.trips, plan.noscript);
+        out
     }
 }
 
@@ -336,7 +345,12 @@ impl<C: ScriptCall> Batch<C> {
     pub fn query(&self, con: &mut dyn redis::ConnectionLike) -> Result<Vec<Result<C::Output>>> {
         let invs = self.invocations();
         let values = match BatchPlan::new(&invs) {
-            Some(plan) => drive(plan, con)?,
+            Some(mut plan) => {
+                let span = CallSpan::batch(plan.invs.len());
+                let out = span.in_scope(|| drive(&mut plan, con));
+                span.finish(&out, plan.trips, plan.noscript());
+                out?
+            }
             None => Vec::new(),
         };
         Ok(self.finish(invs, values))
@@ -349,7 +363,7 @@ impl<C: ScriptCall> Batch<C> {
     {
         let invs = self.invocations();
         let values = match BatchPlan::new(&invs) {
-            Some(plan) => drive_async(plan, con).await?,
+            Some(plan) => drive_batch(plan, con).await?,
             None => Vec::new(),
         };
         Ok(self.finish(invs, values))
@@ -388,7 +402,7 @@ impl<C: ScriptCall> Batch<C> {
             let mut con = con.clone();
             tasks.spawn(async move {
                 let values = match BatchPlan::new(&group) {
-                    Some(plan) => drive_async(plan, &mut con).await,
+                    Some(plan) => drive_batch(plan, &mut con).await,
                     None => Ok(Vec::new()),
                 };
                 (members, values)
@@ -447,7 +461,7 @@ trait Plan {
     fn advance(&mut self, reply: RedisResult<Value>) -> ControlFlow<Result<Self::Out>, Step>;
 }
 
-fn drive<P: Plan>(mut plan: P, con: &mut dyn redis::ConnectionLike) -> Result<P::Out> {
+fn drive<P: Plan>(plan: &mut P, con: &mut dyn redis::ConnectionLike) -> Result<P::Out> {
     let mut step = plan.first();
     loop {
         let reply = match &step {
@@ -461,7 +475,7 @@ fn drive<P: Plan>(mut plan: P, con: &mut dyn redis::ConnectionLike) -> Result<P:
     }
 }
 
-async fn drive_async<P, C>(mut plan: P, con: &mut C) -> Result<P::Out>
+async fn drive_async<P, C>(plan: &mut P, con: &mut C) -> Result<P::Out>
 where
     P: Plan,
     C: redis::aio::ConnectionLike + Send,
@@ -479,16 +493,37 @@ where
     }
 }
 
+/// A batch pipeline (and its recovery round), in its span.
+async fn drive_batch<C>(mut plan: BatchPlan<'_>, con: &mut C) -> Result<Vec<Result<Value>>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let span = CallSpan::batch(plan.invs.len());
+    let out = span.instrument(drive_async(&mut plan, con)).await;
+    span.finish(&out, plan.trips, plan.noscript());
+    out
+}
+
 /// One invocation: EVALSHA; on NOSCRIPT, SCRIPT LOAD + EVALSHA in one pipeline, once.
 struct CallPlan<'a, 's> {
     inv: &'a Invocation<'s>,
     read_only: bool,
     recovering: bool,
+    /// Round trips so far (telemetry).
+    trips: u32,
+    /// Whether a NOSCRIPT was met, and how its recovery went (telemetry).
+    noscript: NoScript,
 }
 
 impl<'a, 's> CallPlan<'a, 's> {
     fn new(inv: &'a Invocation<'s>) -> Self {
-        CallPlan { inv, read_only: inv.wants_read_only(), recovering: false }
+        CallPlan {
+            inv,
+            read_only: inv.wants_read_only(),
+            recovering: false,
+            trips: 0,
+            noscript: NoScript::None,
+        }
     }
 }
 
@@ -496,15 +531,22 @@ impl Plan for CallPlan<'_, '_> {
     type Out = Value;
 
     fn first(&mut self) -> Step {
+        self.trips = 1;
         Step::Cmd(self.inv.evalsha(self.read_only))
     }
 
     fn advance(&mut self, reply: RedisResult<Value>) -> ControlFlow<Result<Value>, Step> {
         let script = self.inv.script;
+        if self.recovering && self.noscript == NoScript::None {
+            let recovered = recovery_ran(&reply);
+            self.noscript = if recovered { NoScript::Recovered } else { NoScript::Failed };
+            telemetry::noscript(script.name(), recovered);
+        }
         let reply = if self.recovering { reply.and_then(|v| recovered_reply(v, 1)) } else { reply };
         match reply {
             Ok(v) => ControlFlow::Break(Ok(v)),
             Err(e) if is_noscript(&e) && !self.recovering => {
+                self.trips += 1;
                 self.recovering = true;
                 let mut pipe = redis::pipe();
                 pipe.ignore_errors()
@@ -515,6 +557,7 @@ impl Plan for CallPlan<'_, '_> {
             Err(e) if self.read_only && is_unknown_command(&e) => {
                 // Nothing ran: the server does not know EVALSHA_RO.
                 evalsha_ro::refused();
+                self.trips += 1;
                 self.read_only = false;
                 self.recovering = false;
                 ControlFlow::Continue(Step::Cmd(self.inv.evalsha(false)))
@@ -531,6 +574,9 @@ struct BatchPlan<'a> {
     /// Entries (positions in `invs`) sent in the recovery pipeline, after `loads` SCRIPT LOADs.
     retry: Vec<usize>,
     loads: Vec<&'static Script>,
+    /// Round trips so far, and the scripts whose load failed (telemetry).
+    trips: u32,
+    failed_loads: usize,
 }
 
 impl<'a> BatchPlan<'a> {
@@ -540,7 +586,16 @@ impl<'a> BatchPlan<'a> {
             return None;
         }
         let results = invs.iter().map(|_| None).collect();
-        Some(BatchPlan { invs, results, retry: Vec::new(), loads: Vec::new() })
+        Some(BatchPlan { invs, results, retry: Vec::new(), loads: Vec::new(), trips: 0, failed_loads: 0 })
+    }
+
+    /// Whether a NOSCRIPT was met, and whether every load it caused succeeded.
+    fn noscript(&self) -> NoScript {
+        match (self.loads.is_empty(), self.failed_loads) {
+            (true, _) => NoScript::None,
+            (false, 0) => NoScript::Recovered,
+            (false, _) => NoScript::Failed,
+        }
     }
 
     fn pipeline(&self, entries: &[usize]) -> Pipeline {
@@ -561,6 +616,7 @@ impl Plan for BatchPlan<'_> {
     type Out = Vec<Result<Value>>;
 
     fn first(&mut self) -> Step {
+        self.trips = 1;
         let all: Vec<usize> = (0..self.invs.len()).collect();
         Step::Pipe(self.pipeline(&all))
     }
@@ -579,10 +635,16 @@ impl Plan for BatchPlan<'_> {
         let mut values = values.into_iter();
         // A failed SCRIPT LOAD (e.g. NOPERM) explains why its entries cannot run.
         let mut load_error = None;
-        for _ in 0..self.loads.len() {
-            if let Some(Err(e)) = values.next().map(Value::extract_error) {
-                load_error.get_or_insert(e);
-            }
+        for s in &self.loads {
+            let loaded = match values.next().map(Value::extract_error) {
+                Some(Err(e)) => {
+                    load_error.get_or_insert(e);
+                    false
+                }
+                _ => true,
+            };
+            self.failed_loads += usize::from(!loaded);
+            telemetry::noscript(s.name(), loaded);
         }
         let mut retry = Vec::new();
         for (&i, value) in sent.iter().zip(values) {
@@ -602,6 +664,7 @@ impl Plan for BatchPlan<'_> {
             loads.dedup_by(|a, b| a.sha1() == b.sha1());
             self.loads = loads;
             self.retry = retry;
+            self.trips += 1;
             return ControlFlow::Continue(Step::Pipe(self.pipeline(&self.retry)));
         }
         let out = self.results.iter_mut().map(|r| r.take().unwrap_or_else(|| Ok(Value::Nil))).collect();
@@ -613,6 +676,18 @@ pub(crate) fn load_cmd(script: &Script) -> Cmd {
     let mut cmd = redis::cmd("SCRIPT");
     cmd.arg("LOAD").arg(script.source());
     cmd
+}
+
+/// Whether the retry of a recovery pipeline (`SCRIPT LOAD` + `EVALSHA`) ran: the load succeeded
+/// and the EVALSHA did not meet NOSCRIPT again.
+fn recovery_ran(reply: &RedisResult<Value>) -> bool {
+    match reply {
+        Ok(Value::Array(items)) => {
+            !matches!(items.first(), Some(Value::ServerError(_)))
+                && !matches!(items.get(1), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT")
+        }
+        _ => false,
+    }
 }
 
 /// The `index`-th reply of a recovery pipeline, with a failed SCRIPT LOAD reported first.
