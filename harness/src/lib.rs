@@ -7,9 +7,11 @@
 
 mod fake;
 mod faults;
+mod proxy;
 pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
+pub use proxy::{Proxy, ProxyMode};
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

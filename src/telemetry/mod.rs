@@ -223,6 +223,8 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         Error::InsufficientCapacity { .. } => "insufficient_capacity",
         Error::Compute(_) => "compute",
         Error::Bundle(_) => "bundle",
+        // An abandoned acquire is labelled by its cause (its clean-up is `orphan_release`).
+        Error::Abandoned { error, .. } => error_kind(error),
     }
 }
 

@@ -31,7 +31,7 @@ fn metric_names_are_unique_and_prefixed() {
 
 #[test]
 fn readme_table_lists_every_metric_and_nothing_else() {
-    let readme = include_str!("../README.md");
+    let readme = include_str!("../../README.md");
     let section = readme.split("## Observability").nth(1).expect("README has an Observability section");
     let table: Vec<&str> = section
         .lines()
