@@ -16,8 +16,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut con = client.get_connection_manager().await?;
     let run = std::process::id();
 
-    // A lock whose holder writes the protected value with its fencing token.
-    let lock = Lock::new(&format!("example-{run}"), Duration::from_secs(5))?;
+    // A lock whose holder writes the protected value with its fencing token. Calls without a
+    // timeout of their own (try_acquire, release, extend, fenced_write) give up after 500 ms.
+    let lock = Lock::new(format!("example-{run}"), Duration::from_secs(5))?
+        .with_deadline(Duration::from_millis(500));
     match lock.acquire(&mut con, Duration::from_secs(2)).await? {
         Acquire::Acquired(guard) => {
             println!(
@@ -29,13 +31,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 FencedWrite::Written => println!("wrote {}", lock.keys().data()),
                 FencedWrite::Stale { highest_seen } => println!("refused: token {highest_seen} wrote later"),
             }
+            // Yes; Earlier when the first attempt's reply was lost and the resend found it done;
+            // NotHeld when the lease had ended.
             println!("release: {:?}", guard.release().await?);
         }
         Acquire::Held { retry_after } => println!("held by someone else for up to {retry_after:?}"),
     }
 
     // A watchdog keeps a short lease alive while the work runs, and says so if it cannot.
-    let watched = Lock::new(&format!("example-watchdog-{run}"), Duration::from_millis(300))?
+    let watched = Lock::new(format!("example-watchdog-{run}"), Duration::from_millis(300))?
         .watchdog(Duration::from_secs(60));
     if let Acquire::Acquired(guard) = watched.try_acquire(&mut con).await? {
         tokio::select! {
@@ -46,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // At most two at once; a crashed holder's permit comes back after its lease.
-    let sem = Semaphore::new(&format!("example-sem-{run}"), 2, Duration::from_secs(10))?;
+    let sem = Semaphore::new(format!("example-sem-{run}"), 2, Duration::from_secs(10))?;
     let a = sem.try_acquire(&mut con).await?.acquired().ok_or("first permit")?;
     let b = sem.try_acquire(&mut con).await?.acquired().ok_or("second permit")?;
     println!("third permit while two are held: {:?}", sem.try_acquire(&mut con).await?.map(|_| ()));

@@ -90,6 +90,23 @@ pub enum Error {
     #[error("timed out: {0}")]
     Timeout(String),
 
+    /// An acquire (a lock, a semaphore permit) failed with `error` after an attempt whose
+    /// outcome is unknown: the attempt may have taken the lock on the server. Before returning,
+    /// the acquire sent a compare-and-delete release of its token (safe: it removes only what
+    /// this token holds), so nothing stays held by a token no guard owns. `released`:
+    /// `Some(true)` the attempt had taken it and the release gave it back; `Some(false)` the
+    /// server confirmed the token held nothing; `None` the release got no answer either, and
+    /// the lease's TTL ends it (on one connection the release runs after the attempt, so it
+    /// still frees what the attempt took once the server answers again).
+    #[error("{error}; {}", abandoned(*.released))]
+    Abandoned {
+        /// Why the acquire failed.
+        #[source]
+        error: Box<Error>,
+        /// Whether the server confirmed the release of the acquire's token (see above).
+        released: Option<bool>,
+    },
+
     /// A script built with [`Script::from_source`](crate::script::Script::from_source) is
     /// malformed, or no embedded script has that name.
     #[error("script bundle: {0}")]
@@ -104,7 +121,10 @@ const TRANSIENT_CODES: &[&str] =
 impl Error {
     /// True for a lost, refused or timed-out connection.
     pub fn is_connection(&self) -> bool {
-        matches!(self, Error::Connection(_))
+        match self {
+            Error::Abandoned { error, .. } => error.is_connection(),
+            _ => matches!(self, Error::Connection(_)),
+        }
     }
 
     /// True when the same call may succeed if tried again later: a connection error, or a server
@@ -121,6 +141,7 @@ impl Error {
         match self {
             Error::Connection(_) => true,
             Error::Redis(e) => e.code().is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+            Error::Abandoned { error, .. } => error.is_transient(),
             _ => false,
         }
     }
@@ -140,12 +161,29 @@ impl Error {
         }
     }
 
+    /// True when the call did not finish within its timeout or deadline ([`Error::Timeout`],
+    /// also as the cause of an [`Error::Abandoned`] acquire).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Abandoned { error, .. } => error.is_timeout(),
+            _ => matches!(self, Error::Timeout(_)),
+        }
+    }
+
     pub(crate) fn invalid(name: &'static str, reason: impl Into<String>) -> Self {
         Error::InvalidArgument { name, reason: reason.into() }
     }
 
     pub(crate) fn unexpected(command: &str, detail: impl Into<String>) -> Self {
         Error::UnexpectedReply { command: command.to_owned(), detail: detail.into() }
+    }
+}
+
+fn abandoned(released: Option<bool>) -> &'static str {
+    match released {
+        Some(true) => "the acquire had taken it and released it again",
+        Some(false) => "the acquire's token was confirmed to hold nothing",
+        None => "the release of the acquire's token got no answer: its TTL ends it",
     }
 }
 

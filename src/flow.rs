@@ -19,6 +19,10 @@ use redis::Value;
 use crate::script::{Invocation, Reply, ScriptCall};
 use crate::{Error, Result};
 
+mod owned;
+
+pub(crate) use owned::{Keep, Side, run_async_owned};
+
 /// What a flow asks its driver to do next.
 pub(crate) enum Step<T> {
     /// Send this script call; its outcome comes back as [`Event::Reply`].
@@ -62,6 +66,14 @@ pub(crate) trait Flow {
     fn deadline(&self) -> Option<Instant> {
         None
     }
+
+    /// Called when the async driver is dropped before the flow finished: the step that starts
+    /// giving back what the flow may hold (a cancelled acquire releases the token an attempt in
+    /// flight may have taken). [`run_async_owned`] runs the flow on from there, to the end, in a
+    /// spawned task. `None` (the default): nothing to give back.
+    fn cancelled(&mut self) -> Option<Step<Self::Out>> {
+        None
+    }
 }
 
 /// Runs a flow on an async connection (multiplexed, connection manager, cluster, pooled).
@@ -70,7 +82,16 @@ where
     F: Flow,
     C: redis::aio::ConnectionLike + Send,
 {
-    let mut step = flow.start();
+    let step = flow.start();
+    drive(&mut flow, step, con).await
+}
+
+/// Moves a flow on from `step` until it finishes.
+async fn drive<F, C>(flow: &mut F, mut step: Step<F::Out>, con: &mut C) -> Result<F::Out>
+where
+    F: Flow,
+    C: redis::aio::ConnectionLike + Send,
+{
     loop {
         step = match step {
             Step::Done(out) => return out,
@@ -212,6 +233,21 @@ impl<K: ScriptCall> Flow for Once<K> {
 ///         = self.check_flow(subject, request.into());
 /// }
 /// ```
+///
+/// A method whose answer keeps the connection (a lock guard renews and releases on it) gives
+/// two answer types, async then blocking, and names the [`Side`] for its flow. Its async twin
+/// takes a handle it can clone (`C: Clone + 'static`), runs the flow with [`run_async_owned`]
+/// (so a cancelled call gives back what it took) and builds its answer with [`Keep`]; the
+/// blocking answer comes from `Into`:
+///
+/// ```ignore
+/// twins! {
+///     /// One attempt.
+///     cancel: "Dropping the future releases what its attempt may have taken.",
+///     pub fn try_acquire / try_acquire_blocking (&self) -> Acquire<Guard<C>>, Acquire<BlockingGuard>
+///         = |side| self.acquiring(side, None)?;
+/// }
+/// ```
 #[allow(unused_macros)]
 macro_rules! twins {
     ($(
@@ -242,6 +278,44 @@ macro_rules! twins {
             read and write timeouts (set them: a blocking connection has none by default).")]
         $vis fn $blocking$(<$($lt),+>)?(&$self, con: &mut dyn $crate::redis::ConnectionLike $(, $arg: $ty)*) -> $crate::Result<$out> {
             $crate::flow::run_blocking($flow, con)
+        }
+    )*};
+    // Methods whose answer keeps the connection (a lock guard, a permit): two answer types, the
+    // async one first. The async twin needs a handle it can clone (`C: Clone + 'static`), keeps a
+    // clone in its answer (`Keep`), and runs the flow with `run_async_owned`, so a cancelled call
+    // gives back what it took; the blocking answer holds no connection (`Into`). `|side|` names
+    // the `Side` running the flow, for flows that refuse what one side cannot do.
+    ($(
+        $(#[doc = $doc:expr])*
+        cancel: $cancel:expr,
+        $vis:vis fn $name:ident / $blocking:ident
+            (&$self:ident $(, $arg:ident : $ty:ty)* $(,)?) -> $out:ty, $bout:ty
+            = |$side:ident| $flow:expr;
+    )*) => {$(
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("Blocking twin: [`", stringify!($blocking), "`](Self::", stringify!($blocking), ").")]
+        ///
+        /// # Cancel safety
+        ///
+        #[doc = $cancel]
+        $vis async fn $name<C>(&$self, con: &mut C $(, $arg: $ty)*) -> $crate::Result<$out>
+        where
+            C: $crate::redis::aio::ConnectionLike + Clone + Send + 'static,
+        {
+            let $side = $crate::flow::Side::Async;
+            let out = $crate::flow::run_async_owned($flow, con).await?;
+            Ok($crate::flow::Keep::keep(out, con))
+        }
+
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("The blocking twin of [`", stringify!($name), "`](Self::", stringify!($name), "): \
+            the same flow, on a blocking connection. Each round trip is bounded by the connection's \
+            read and write timeouts (set them: a blocking connection has none by default).")]
+        $vis fn $blocking(&$self, con: &mut dyn $crate::redis::ConnectionLike $(, $arg: $ty)*) -> $crate::Result<$bout> {
+            let $side = $crate::flow::Side::Blocking;
+            $crate::flow::run_blocking($flow, con).map(Into::into)
         }
     )*};
 }
@@ -275,6 +349,11 @@ impl<F: Flow, G: FnOnce(F::Out) -> Result<T>, T> Flow for Map<F, G> {
 
     fn deadline(&self) -> Option<Instant> {
         self.flow.deadline()
+    }
+
+    fn cancelled(&mut self) -> Option<Step<T>> {
+        let step = self.flow.cancelled()?;
+        Some(self.mapped(step))
     }
 }
 
@@ -326,6 +405,11 @@ impl<F: Flow, G: FnOnce(Result<F::Out>) -> Result<T>, T> Flow for Then<F, G> {
 
     fn deadline(&self) -> Option<Instant> {
         self.flow.deadline()
+    }
+
+    fn cancelled(&mut self) -> Option<Step<T>> {
+        let step = self.flow.cancelled()?;
+        Some(step.forward(|out| self.f.take().map_or_else(|| Err(twice()), |f| f(out))))
     }
 }
 

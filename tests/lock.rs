@@ -15,7 +15,7 @@ use redis_primitives::Error;
 use redis_primitives::lock::call::{LockExtend, LockRelease, SemaphoreExtend, SemaphoreRelease};
 use redis_primitives::lock::{
     Acquire, Backoff, Extended, FencedWrite, Guard, Lock, LockKeys, LostReason, Released, Semaphore,
-    semaphore_key,
+    SharedConnection, semaphore_key,
 };
 use redis_primitives::script::ScriptCall;
 
@@ -113,7 +113,7 @@ async fn mutual_exclusion_oracle_standalone() {
     for _ in 0..16 {
         cons.push(client.get_multiplexed_async_connection().await.unwrap());
     }
-    let lock = Lock::new(&unique("oracle"), Duration::from_secs(5)).unwrap().backoff(fast());
+    let lock = Lock::new(unique("oracle"), Duration::from_secs(5)).unwrap().backoff(fast());
     let holds = contend("standalone", cons, lock.clone(), 50).await;
     assert_eq!(holds.len(), 800);
     // Tokens are server microseconds or above, so the counter no longer counts holds; what it
@@ -132,7 +132,7 @@ async fn mutual_exclusion_oracle_cluster() {
     for _ in 0..16 {
         cons.push(client.get_async_connection().await.unwrap());
     }
-    let lock = Lock::new(&unique("oracle-cluster"), Duration::from_secs(5)).unwrap().backoff(fast());
+    let lock = Lock::new(unique("oracle-cluster"), Duration::from_secs(5)).unwrap().backoff(fast());
     let holds = contend("cluster", cons, lock, 50).await;
     assert_eq!(holds.len(), 800);
 }
@@ -145,7 +145,7 @@ async fn mutual_exclusion_oracle_cluster() {
 async fn script_flush_and_client_kill_during_contention() {
     let server = Arc::new(Server::start());
     let client = server.client();
-    let lock = Lock::new(&unique("faults"), Duration::from_secs(2)).unwrap().backoff(fast());
+    let lock = Lock::new(unique("faults"), Duration::from_secs(2)).unwrap().backoff(fast());
     // (client id, task) of the current holder, for the fault injector to kill.
     let holder: Arc<Mutex<Option<i64>>> = Arc::default();
     let errors = Arc::new(AtomicU64::new(0));
@@ -229,7 +229,7 @@ async fn script_flush_and_client_kill_during_contention() {
 fn paused_holder_is_refused_by_the_fenced_write_blocking() {
     let server = Server::start();
     let (mut a, mut b) = (server.conn(), server.conn());
-    let lock = Lock::new(&unique("paused"), 200 * MS).unwrap();
+    let lock = Lock::new(unique("paused"), 200 * MS).unwrap();
     let old = acquired(lock.try_acquire_blocking(&mut a).unwrap());
     assert!(old.valid_for() > Duration::ZERO && old.valid_for() < 200 * MS);
     assert_eq!(old.fenced_write_blocking(&mut a, b"old, on time", None).unwrap(), FencedWrite::Written);
@@ -258,7 +258,7 @@ async fn paused_holder_is_refused_by_the_fenced_write_cluster() {
     let client = shared_cluster().client();
     let (mut a, mut b) =
         (client.get_async_connection().await.unwrap(), client.get_async_connection().await.unwrap());
-    let lock = Lock::new(&unique("paused-cluster"), 200 * MS).unwrap();
+    let lock = Lock::new(unique("paused-cluster"), 200 * MS).unwrap();
     let old = acquired(lock.try_acquire(&mut a).await.unwrap());
     tokio::time::sleep(300 * MS).await;
     let new = acquired(lock.try_acquire(&mut b).await.unwrap());
@@ -273,7 +273,7 @@ async fn paused_holder_is_refused_by_the_fenced_write_cluster() {
 }
 
 async fn wrong_tokens<C: ConnectionLike + Clone + Send + 'static>(con: &mut C, check: C) {
-    let lock = Lock::new(&unique("tokens"), Duration::from_secs(5)).unwrap();
+    let lock = Lock::new(unique("tokens"), Duration::from_secs(5)).unwrap();
     let keys = lock.keys().clone();
     let guard = acquired(lock.try_acquire(con).await.unwrap());
     let token_on_server = || {
@@ -327,18 +327,24 @@ async fn bad_input_is_refused_before_sending() {
     let server = Server::start();
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
     invalid(Lock::new("", MS).map(drop), "resource");
-    invalid(Lock::new("a{b", MS).map(drop), "resource");
     invalid(Lock::new("a}b", MS).map(drop), "resource");
+    invalid(Lock::new("x".repeat(1025), MS).map(drop), "resource");
+    // The shared hash-tag rule: only `}` ends a tag, so `{` is an ordinary byte of the name.
+    assert_eq!(Lock::new("a{b", MS).unwrap().keys().lock(), "lock:{a{b}");
     invalid(Lock::new("ok", Duration::ZERO).map(drop), "ttl");
     invalid(Lock::new("ok", Duration::from_micros(900)).map(drop), "ttl");
+    // Sub-millisecond parts are refused, not truncated (1.5 ms used to become 1 ms).
+    invalid(Lock::new("ok", Duration::from_micros(1500)).map(drop), "ttl");
+    invalid(Semaphore::new("s", 1, Duration::from_micros(1500)).map(drop), "ttl");
     invalid(Semaphore::new("", 1, MS).map(drop), "name");
     invalid(Semaphore::new("s", 0, MS).map(drop), "permits");
     invalid(Semaphore::new("s", 1, Duration::ZERO).map(drop), "ttl");
     invalid(semaphore_key("{s}").map(drop), "name");
+    invalid(semaphore_key("s}").map(drop), "name");
 
     redis_primitives::script::preload_async(&mut con).await.unwrap(); // one EVALSHA per call below
     let before = server.calls("evalsha");
-    let lock = Lock::new(&unique("input"), Duration::from_secs(1)).unwrap();
+    let lock = Lock::new(unique("input"), Duration::from_secs(1)).unwrap();
     let keys = lock.keys();
     invalid(lock.fenced_write(&mut con, 0, b"v", None).await, "fence");
     invalid(lock.fenced_write(&mut con, 1, b"v", Some(Duration::ZERO)).await, "value_ttl");
@@ -359,12 +365,16 @@ async fn bad_input_is_refused_before_sending() {
 
 #[test]
 fn keys_share_one_slot() {
-    let keys = LockKeys::new(&unique("slot")).unwrap();
+    let keys = LockKeys::new(unique("slot")).unwrap();
     let node = &shared_cluster().nodes[0];
     let slot = |k: &str| node.cmd::<i64>(&["CLUSTER", "KEYSLOT", k]);
     let s = slot(keys.lock());
     assert!([keys.fence(), keys.data(), keys.seen()].iter().all(|k| slot(k) == s));
     assert_eq!(slot(&semaphore_key(keys.resource()).unwrap()), s, "the same name hashes alike");
+    // A `{` inside the name stays inside the hash tag: the keys still share one slot.
+    let braced = LockKeys::new(format!("{{{}", unique("slot"))).unwrap();
+    let s = slot(braced.lock());
+    assert!([braced.fence(), braced.data(), braced.seen()].iter().all(|k| slot(k) == s));
 }
 
 #[tokio::test]
@@ -377,7 +387,7 @@ async fn acquire_waits_for_the_reported_pttl_and_honours_its_timeout() {
     );
     // A slow backoff: only the PTTL bound can make the waiter wake in time.
     let slow = Backoff { initial: Duration::from_secs(2), max: Duration::from_secs(2) };
-    let lock = Lock::new(&unique("wait"), 300 * MS).unwrap().backoff(slow);
+    let lock = Lock::new(unique("wait"), 300 * MS).unwrap().backoff(slow);
     let abandoned = acquired(lock.try_acquire_blocking(&mut server.conn()).unwrap());
     drop(abandoned); // a blocking guard leaves the lock to its TTL
     let t = Instant::now();
@@ -400,7 +410,7 @@ async fn semaphore_never_exceeds_its_permits() {
     let server = Server::start();
     let client = server.client();
     let permits = 3;
-    let sem = Semaphore::new(&unique("sem"), permits, Duration::from_secs(5)).unwrap().backoff(fast());
+    let sem = Semaphore::new(unique("sem"), permits, Duration::from_secs(5)).unwrap().backoff(fast());
     let mut set = tokio::task::JoinSet::new();
     for task in 0..12 {
         let mut con = client.get_multiplexed_async_connection().await.unwrap();
@@ -439,7 +449,7 @@ async fn semaphore_never_exceeds_its_permits() {
 fn an_abandoned_lease_frees_after_its_ttl() {
     let server = Server::start();
     let mut con = server.conn();
-    let sem = Semaphore::new(&unique("abandon"), 2, 300 * MS).unwrap();
+    let sem = Semaphore::new(unique("abandon"), 2, 300 * MS).unwrap();
     let t = Instant::now();
     let crashed: Vec<_> = (0..2).map(|_| acquired(sem.try_acquire_blocking(&mut con).unwrap())).collect();
     assert_eq!(crashed[1].holders(), 2);
@@ -479,7 +489,7 @@ fn an_abandoned_lease_frees_after_its_ttl() {
 async fn semaphore_on_the_cluster() {
     let client = shared_cluster().client();
     let mut con = client.get_async_connection().await.unwrap();
-    let sem = Semaphore::new(&unique("sem-cluster"), 2, 300 * MS).unwrap();
+    let sem = Semaphore::new(unique("sem-cluster"), 2, 300 * MS).unwrap();
     let a = acquired(sem.try_acquire(&mut con).await.unwrap());
     let b = acquired(sem.try_acquire(&mut con).await.unwrap());
     assert!(!sem.try_acquire(&mut con).await.unwrap().is_acquired());
@@ -502,7 +512,7 @@ async fn watchdog_keeps_the_lock_past_several_ttls() {
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let mut other = client.get_multiplexed_async_connection().await.unwrap();
     let ttl = 300 * MS;
-    let lock = Lock::new(&unique("watchdog"), ttl).unwrap().watchdog(Duration::from_secs(30));
+    let lock = Lock::new(unique("watchdog"), ttl).unwrap().watchdog(Duration::from_secs(30));
     let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
     let extends = server.calls("evalsha");
     assert!(tokio::time::timeout(4 * ttl, guard.lost()).await.is_err(), "not lost while renewed");
@@ -520,7 +530,7 @@ async fn watchdog_tells_the_holder_within_one_renewal_period() {
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
     let ttl = 600 * MS;
     let period = ttl / 3;
-    let lock = Lock::new(&unique("watchdog-lost"), ttl).unwrap().watchdog(Duration::from_secs(30));
+    let lock = Lock::new(unique("watchdog-lost"), ttl).unwrap().watchdog(Duration::from_secs(30));
     let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
     let lost = guard.lost();
     tokio::time::sleep(period + 50 * MS).await; // past one renewal
@@ -539,7 +549,7 @@ async fn watchdog_tells_the_holder_within_one_renewal_period() {
 async fn watchdog_stops_at_the_cap_on_total_hold() {
     let server = Server::start();
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
-    let lock = Lock::new(&unique("watchdog-cap"), 300 * MS).unwrap().watchdog(700 * MS);
+    let lock = Lock::new(unique("watchdog-cap"), 300 * MS).unwrap().watchdog(700 * MS);
     let t = Instant::now();
     let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
     assert_eq!(guard.lost().await, LostReason::MaxHold);
@@ -567,16 +577,16 @@ async fn dropping_a_guard_releases_in_the_background_or_leaves_it_to_the_ttl() {
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
     let ttl = Duration::from_secs(10);
 
-    let lock = Lock::new(&unique("drop"), ttl).unwrap();
+    let lock = Lock::new(unique("drop"), ttl).unwrap();
     drop(acquired(lock.try_acquire(&mut con).await.unwrap()));
     assert!(gone_within(&server, lock.keys().lock(), 500 * MS).await, "released by the spawned task");
 
-    let watched = Lock::new(&unique("drop-watchdog"), 300 * MS).unwrap().watchdog(Duration::from_secs(30));
+    let watched = Lock::new(unique("drop-watchdog"), 300 * MS).unwrap().watchdog(Duration::from_secs(30));
     drop(acquired(watched.try_acquire(&mut con).await.unwrap()));
     assert!(gone_within(&server, watched.keys().lock(), 500 * MS).await, "watchdog stopped, lock released");
 
     // A release future dropped before it ran (cancelled, e.g. by a select!) still releases.
-    let lock = Lock::new(&unique("drop-cancelled"), ttl).unwrap();
+    let lock = Lock::new(unique("drop-cancelled"), ttl).unwrap();
     let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
     drop(guard.release());
     assert!(
@@ -584,12 +594,12 @@ async fn dropping_a_guard_releases_in_the_background_or_leaves_it_to_the_ttl() {
         "the guard's drop finished the release"
     );
 
-    let sem = Semaphore::new(&unique("drop-sem"), 1, ttl).unwrap();
+    let sem = Semaphore::new(unique("drop-sem"), 1, ttl).unwrap();
     drop(acquired(sem.try_acquire(&mut con).await.unwrap()));
     assert!(gone_within(&server, sem.key(), 500 * MS).await, "the permit came back");
 
     // No runtime on the dropping thread: nothing is sent, nothing panics, the TTL remains.
-    let lock = Lock::new(&unique("drop-no-runtime"), ttl).unwrap();
+    let lock = Lock::new(unique("drop-no-runtime"), ttl).unwrap();
     let guard: Guard<_> = acquired(lock.try_acquire(&mut con).await.unwrap());
     std::thread::spawn(move || drop(guard)).join().expect("drop without a runtime must not panic");
     tokio::time::sleep(50 * MS).await;
@@ -602,7 +612,7 @@ async fn dropping_a_guard_releases_in_the_background_or_leaves_it_to_the_ttl() {
 async fn throughput_of_acquire_and_release_on_one_connection() {
     let server = Server::start();
     let mut con = server.client().get_multiplexed_async_connection().await.unwrap();
-    let lock = Lock::new(&unique("throughput"), Duration::from_secs(5)).unwrap();
+    let lock = Lock::new(unique("throughput"), Duration::from_secs(5)).unwrap();
     let n = 2000;
     acquired(lock.try_acquire(&mut con).await.unwrap()).release().await.unwrap(); // load the scripts
     let t = Instant::now();
@@ -622,4 +632,51 @@ async fn throughput_of_acquire_and_release_on_one_connection() {
     println!(
         "[throughput] acquire+release pairs/s on one connection: async {async_rate:.0}, blocking {blocking_rate:.0}"
     );
+}
+
+/// An async connection that is not `Clone` (like a pooled one): a newtype over a multiplexed
+/// connection.
+struct NotClone(redis::aio::MultiplexedConnection);
+
+impl ConnectionLike for NotClone {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        self.0.req_packed_command(cmd)
+    }
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+/// Locks and semaphores take a connection that is not `Clone` through the one-line adapter
+/// `SharedConnection::new`: acquire, fenced write, renewal by the watchdog, release, and the
+/// release of a dropped guard all run on it; the connection comes back when nothing holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_not_clone_works_through_shared_connection() {
+    let server = Server::start();
+    let raw = NotClone(server.client().get_multiplexed_async_connection().await.unwrap());
+    let mut con = SharedConnection::new(raw);
+    let ttl = 300 * MS;
+    let lock = Lock::new(unique("not-clone"), ttl).unwrap().watchdog(Duration::from_secs(30));
+    let guard = acquired(lock.try_acquire(&mut con).await.unwrap());
+    assert_eq!(guard.fenced_write(b"v", None).await.unwrap(), FencedWrite::Written);
+    assert!(tokio::time::timeout(3 * ttl, guard.lost()).await.is_err(), "renewed on the shared connection");
+    assert!(!lock.try_acquire(&mut con).await.unwrap().is_acquired());
+    assert_eq!(guard.release().await.unwrap(), Released::Yes);
+
+    let sem = Semaphore::new(unique("not-clone"), 1, Duration::from_secs(10)).unwrap();
+    drop(acquired(sem.acquire(&mut con, Duration::from_secs(1)).await.unwrap()));
+    assert!(gone_within(&server, sem.key(), 500 * MS).await, "the dropped permit was released");
+    let guard = acquired(lock.acquire(&mut con, Duration::from_secs(1)).await.unwrap());
+    assert_eq!(guard.release().await.unwrap(), Released::Yes);
+    tokio::time::sleep(50 * MS).await; // the background release task lets go of its handle
+    let mut raw = con.into_inner().expect("nothing holds the connection any more");
+    let _: () = redis::cmd("PING").query_async(&mut raw).await.unwrap();
 }

@@ -68,13 +68,13 @@ async fn every_primitive(server: &Server) {
     );
 
     // Locks, fenced writes, semaphores.
-    let lock = Lock::new(&unique("res"), Duration::from_secs(5)).unwrap();
+    let lock = Lock::new(unique("res"), Duration::from_secs(5)).unwrap();
     let Acquire::Acquired(guard) = lock.try_acquire(&mut con).await.unwrap() else { panic!("free lock") };
     assert!(guard.fencing_token() > 1_600_000_000_000_000, "a fresh lock's token is server µs");
     assert!(matches!(lock.try_acquire(&mut con).await.unwrap(), Acquire::Held { .. }));
     assert_eq!(guard.fenced_write(b"v", None).await.unwrap(), FencedWrite::Written);
     guard.release().await.unwrap();
-    let sem = Semaphore::new(&unique("sem"), 1, Duration::from_secs(5)).unwrap();
+    let sem = Semaphore::new(unique("sem"), 1, Duration::from_secs(5)).unwrap();
     let Acquire::Acquired(permit) = sem.try_acquire(&mut con).await.unwrap() else { panic!("free permit") };
     assert!(matches!(sem.try_acquire(&mut con).await.unwrap(), Acquire::Held { .. }));
     permit.release().await.unwrap();

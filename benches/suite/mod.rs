@@ -153,9 +153,9 @@ pub fn cases() -> Vec<Case> {
     let tenant = Arc::new(RateLimiter::new("bench-tenant", Gcra::new(huge, hour).unwrap()).unwrap());
     let cache = Arc::new(Cache::new("bench").unwrap());
     let locks: Arc<Vec<Lock>> =
-        Arc::new((0..64).map(|t| Lock::new(&format!("l{t}"), Duration::from_secs(10)).unwrap()).collect());
+        Arc::new((0..64).map(|t| Lock::new(format!("l{t}"), Duration::from_secs(10)).unwrap()).collect());
     let sems: Arc<Vec<Semaphore>> = Arc::new(
-        (0..64).map(|t| Semaphore::new(&format!("s{t}"), 8, Duration::from_secs(10)).unwrap()).collect(),
+        (0..64).map(|t| Semaphore::new(format!("s{t}"), 8, Duration::from_secs(10)).unwrap()).collect(),
     );
     let mut cases = Vec::new();
 

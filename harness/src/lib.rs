@@ -8,10 +8,12 @@
 mod fake;
 mod faults;
 pub mod provision;
+mod proxy;
 pub mod servers;
 pub mod telemetry;
 
 pub use fake::{FakeServer, dead_url, quiet_client};
+pub use proxy::{Proxy, ProxyMode};
 pub use servers::{Flavor, flavor, has_evalsha_ro, read_only_eval, version};
 
 use std::collections::BTreeMap;

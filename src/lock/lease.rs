@@ -1,17 +1,21 @@
-//! What every guard and permit shares: the token, the key, the time the holder may rely on,
-//! and the release and renewal calls.
+//! What every guard and permit shares: which scripts act on it ([`Target`]), the token, the time
+//! the holder may rely on, and the two flows on a held lease: release (resent while that is
+//! safe) and renewal.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use super::call::{LockExtend, LockRelease, SemaphoreExtend, SemaphoreRelease};
-use super::{Extended, LockKeys, LostReason, Released, later, watchdog};
-use crate::Result;
-use crate::script::ScriptCall;
+use super::call::{
+    LockAcquire, LockExtend, LockRelease, SemaphoreAcquire, SemaphoreExtend, SemaphoreRelease, one_or_zero,
+};
+use super::{Acquire, Extended, LockKeys, LostReason, Released};
+use crate::flow::{self, Event, Flow, Once, Step};
+use crate::script::{Invocation, Reply, ScriptCall};
+use crate::telemetry::{self, LeaseKind};
+use crate::{Result, rules};
 
 /// What the holder must subtract from a lease: the server's and our clocks may run at slightly
 /// different rates (1%), and the expiry is checked at millisecond granularity (2 ms).
@@ -22,8 +26,69 @@ pub(super) fn drift(ttl: Duration) -> Duration {
 /// The last instant a lease of `ttl`, requested at `sent_at`, can be relied on. Counting from
 /// before the request makes any delay on the way out or back shorten the lease, never extend it.
 pub(super) fn valid_until(sent_at: Instant, ttl: Duration) -> Instant {
-    let usable = ttl.saturating_sub(drift(ttl));
-    later(sent_at, usable)
+    rules::later(sent_at, ttl.saturating_sub(drift(ttl)))
+}
+
+/// Which scripts take, renew and give back a lease.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    Lock(Arc<LockKeys>),
+    Semaphore { key: Arc<str>, permits: u64 },
+}
+
+impl Target {
+    pub(super) fn kind(&self) -> LeaseKind {
+        match self {
+            Target::Lock(_) => LeaseKind::Lock,
+            Target::Semaphore { .. } => LeaseKind::Semaphore,
+        }
+    }
+
+    /// The name telemetry reports: the resource, or the semaphore's key.
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Target::Lock(keys) => keys.resource(),
+            Target::Semaphore { key, .. } => key,
+        }
+    }
+
+    pub(super) fn acquire(&self, token: &str, ttl: Duration) -> Result<Invocation<'static>> {
+        match self {
+            Target::Lock(keys) => LockAcquire { keys, token, ttl }.invocation(),
+            Target::Semaphore { key, permits } => {
+                SemaphoreAcquire { key, token, permits: *permits, ttl }.invocation()
+            }
+        }
+    }
+
+    /// An acquire's reply: the granted TTL and the fencing token (lock) or the holders (semaphore).
+    pub(super) fn granted(
+        &self,
+        token: &str,
+        ttl: Duration,
+        reply: Reply,
+    ) -> Result<Acquire<(Duration, u64)>> {
+        Ok(match self {
+            Target::Lock(keys) => LockAcquire { keys, token, ttl }.parse(reply)?.map(|g| (g.ttl, g.fence)),
+            Target::Semaphore { key, permits } => SemaphoreAcquire { key, token, permits: *permits, ttl }
+                .parse(reply)?
+                .map(|g| (g.ttl, g.holders)),
+        })
+    }
+
+    pub(super) fn release(&self, token: &str) -> Result<Invocation<'static>> {
+        match self {
+            Target::Lock(keys) => LockRelease { keys, token }.invocation(),
+            Target::Semaphore { key, .. } => SemaphoreRelease { key, token }.invocation(),
+        }
+    }
+
+    fn extend(&self, token: &str, ttl: Duration) -> Result<Invocation<'static>> {
+        match self {
+            Target::Lock(keys) => LockExtend { keys, token, ttl }.invocation(),
+            Target::Semaphore { key, .. } => SemaphoreExtend { key, token, ttl }.invocation(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,28 +99,29 @@ pub(super) struct State {
     pub(super) capped: bool,
 }
 
-/// Which scripts renew and release the lease.
-#[derive(Debug, Clone)]
-pub(super) enum Target {
-    Lock(Arc<LockKeys>),
-    Semaphore(Arc<str>),
-}
-
-/// One held lease. Cheap to clone: the watchdog task holds a clone.
+/// One held lease. Cheap to clone: the watchdog task and background releases hold clones.
 #[derive(Debug, Clone)]
 pub(super) struct Lease {
     pub(super) target: Target,
     pub(super) token: Arc<str>,
     pub(super) ttl: Duration,
+    /// The deadline of a call on this lease (release, renewal, fenced write).
+    pub(super) deadline: Duration,
     /// A watch channel: the guard, its watchdog and every `lost()` future see one state, and a
     /// change wakes the futures at once.
     state: Arc<watch::Sender<State>>,
 }
 
 impl Lease {
-    pub(super) fn new(target: Target, token: String, ttl: Duration, sent_at: Instant) -> Lease {
+    pub(super) fn new(
+        target: Target,
+        token: Arc<str>,
+        ttl: Duration,
+        deadline: Duration,
+        sent_at: Instant,
+    ) -> Lease {
         let state = State { valid_until: valid_until(sent_at, ttl), lost: None, capped: false };
-        Lease { target, token: token.into(), ttl, state: Arc::new(watch::Sender::new(state)) }
+        Lease { target, token, ttl, deadline, state: Arc::new(watch::Sender::new(state)) }
     }
 
     pub(super) fn state(&self) -> State {
@@ -75,27 +141,21 @@ impl Lease {
         self.valid_for().is_zero()
     }
 
-    /// Records a loss; the first reason wins.
+    /// Records a loss; the first reason wins, and is reported (unless it is the holder's own
+    /// release).
     pub(super) fn mark_lost(&self, reason: LostReason) {
-        self.state.send_if_modified(|s| {
+        let fresh = self.state.send_if_modified(|s| {
             let fresh = s.lost.is_none();
             s.lost.get_or_insert(reason);
             fresh
         });
+        if fresh && reason != LostReason::Released {
+            telemetry::lease_lost(self.target.kind(), self.target.name(), reason.label());
+        }
     }
 
     pub(super) fn mark_capped(&self) {
         self.state.send_modify(|s| s.capped = true);
-    }
-
-    /// Records the outcome of a renewal for `ttl` sent at `sent_at`.
-    pub(super) fn renewed(&self, outcome: &Result<Extended>, sent_at: Instant, ttl: Duration) {
-        match outcome {
-            // Set, not max: the server's expiry is now `now + ttl`, even if that is sooner.
-            Ok(Extended::Yes) => self.state.send_modify(|s| s.valid_until = valid_until(sent_at, ttl)),
-            Ok(Extended::NotHeld) => self.mark_lost(LostReason::NotHeld),
-            Err(_) => {}
-        }
     }
 
     /// Resolves when the holder may no longer rely on the lease: at once when a renewal finds
@@ -122,183 +182,119 @@ impl Lease {
         }
     }
 
-    pub(super) async fn release<C>(&self, con: &mut C) -> Result<Released>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        let first = self.release_call().query_async(con).await;
-        match first {
-            // Compare-and-delete is idempotent, so one resend is safe; it helps a connection that
-            // reconnects (ConnectionManager, cluster) after a dropped socket. If the first try did
-            // run, the resend answers NotHeld.
-            Err(e) if e.is_connection() => self.release_call().query_async(con).await,
-            other => other,
-        }
-    }
-
-    pub(super) fn release_blocking(&self, con: &mut dyn redis::ConnectionLike) -> Result<Released> {
-        match self.release_call().query(con) {
-            Err(e) if e.is_connection() => self.release_call().query(con),
-            other => other,
-        }
-    }
-
-    pub(super) async fn extend<C>(&self, con: &mut C, ttl: Duration) -> Result<Extended>
-    where
-        C: redis::aio::ConnectionLike + Send,
-    {
-        let sent_at = Instant::now();
-        let outcome = self.extend_call(ttl).query_async(con).await;
-        self.renewed(&outcome, sent_at, ttl);
-        outcome
-    }
-
-    pub(super) fn extend_blocking(
+    /// Renewal for `ttl` from the server's now, within `within`: one call, whose answer moves
+    /// the holder's clock ([`Extended::NotHeld`] marks the lease lost).
+    pub(super) fn extend(
         &self,
-        con: &mut dyn redis::ConnectionLike,
         ttl: Duration,
-    ) -> Result<Extended> {
-        let sent_at = Instant::now();
-        let outcome = self.extend_call(ttl).query(con);
-        self.renewed(&outcome, sent_at, ttl);
-        outcome
-    }
-
-    /// Fire-and-forget release for `Drop`: never blocks; without a runtime the TTL ends the lease.
-    pub(super) fn release_in_background<C>(&self, mut con: C)
-    where
-        C: redis::aio::ConnectionLike + Send + 'static,
-    {
-        self.mark_lost(LostReason::Released);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        within: Duration,
+    ) -> impl Flow<Out = Extended> + Send + 'static {
         let lease = self.clone();
-        runtime.spawn(async move {
-            let _ = lease.release(&mut con).await;
-        });
+        // Before the call is sent: a delay on the way shortens the renewed lease, never extends it.
+        let sent_at = Instant::now();
+        let call = RenewCall { lease: self.clone(), ttl };
+        flow::map(Once::new(call, within), move |extended| {
+            match extended {
+                Extended::Yes => lease.state.send_modify(|s| s.valid_until = valid_until(sent_at, ttl)),
+                Extended::NotHeld => lease.mark_lost(LostReason::NotHeld),
+            }
+            Ok(extended)
+        })
     }
 
-    fn release_call(&self) -> ReleaseCall<'_> {
-        match &self.target {
-            Target::Lock(keys) => ReleaseCall::Lock(LockRelease { keys, token: &self.token }),
-            Target::Semaphore(key) => ReleaseCall::Semaphore(SemaphoreRelease { key, token: &self.token }),
-        }
-    }
-
-    fn extend_call(&self, ttl: Duration) -> ExtendCall<'_> {
-        match &self.target {
-            Target::Lock(keys) => ExtendCall::Lock(LockExtend { keys, token: &self.token, ttl }),
-            Target::Semaphore(key) => ExtendCall::Semaphore(SemaphoreExtend { key, token: &self.token, ttl }),
-        }
-    }
-}
-
-/// Lets one lease type drive either primitive's scripts.
-enum ReleaseCall<'a> {
-    Lock(LockRelease<'a>),
-    Semaphore(SemaphoreRelease<'a>),
-}
-
-impl ScriptCall for ReleaseCall<'_> {
-    type Output = Released;
-    fn invocation(&self) -> Result<crate::script::Invocation<'static>> {
-        match self {
-            ReleaseCall::Lock(c) => c.invocation(),
-            ReleaseCall::Semaphore(c) => c.invocation(),
-        }
-    }
-    fn parse(&self, reply: crate::script::Reply) -> Result<Released> {
-        match self {
-            ReleaseCall::Lock(c) => c.parse(reply),
-            ReleaseCall::Semaphore(c) => c.parse(reply),
+    /// The release, within this lease's deadline.
+    pub(super) fn release(&self) -> ReleaseFlow {
+        ReleaseFlow {
+            lease: self.clone(),
+            deadline: rules::deadline(self.deadline),
+            script: "",
+            attempts: 0,
+            maybe_ran: false,
+            first_valid: false,
         }
     }
 }
 
-enum ExtendCall<'a> {
-    Lock(LockExtend<'a>),
-    Semaphore(SemaphoreExtend<'a>),
+/// A renewal as a typed call the [`Once`] flow can own.
+struct RenewCall {
+    lease: Lease,
+    ttl: Duration,
 }
 
-impl ScriptCall for ExtendCall<'_> {
+impl ScriptCall for RenewCall {
     type Output = Extended;
-    fn invocation(&self) -> Result<crate::script::Invocation<'static>> {
-        match self {
-            ExtendCall::Lock(c) => c.invocation(),
-            ExtendCall::Semaphore(c) => c.invocation(),
-        }
+
+    fn invocation(&self) -> Result<Invocation<'static>> {
+        self.lease.target.extend(&self.lease.token, self.ttl)
     }
-    fn parse(&self, reply: crate::script::Reply) -> Result<Extended> {
-        match self {
-            ExtendCall::Lock(c) => c.parse(reply),
-            ExtendCall::Semaphore(c) => c.parse(reply),
+
+    fn parse(&self, reply: Reply) -> Result<Extended> {
+        Ok(if one_or_zero(&reply)? { Extended::Yes } else { Extended::NotHeld })
+    }
+}
+
+/// Gives a lease back: a compare-and-delete of this token, so resending it is safe. Resent on
+/// a [transient](crate::Error::is_transient) error until the deadline; tells a resend that found
+/// nothing after an attempt that may have run ([`Released::Earlier`]) from a lease that was gone.
+pub(super) struct ReleaseFlow {
+    lease: Lease,
+    deadline: Instant,
+    /// The script sent, for the reply's error messages.
+    script: &'static str,
+    attempts: u32,
+    /// An attempt failed in a way that leaves its outcome unknown (a lost connection).
+    maybe_ran: bool,
+    /// The lease was still valid by the holder's clock when the first attempt was sent.
+    first_valid: bool,
+}
+
+impl ReleaseFlow {
+    fn send(&mut self) -> Step<Released> {
+        if self.attempts == 0 {
+            self.first_valid = !self.lease.is_lost();
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        match self.lease.target.release(&self.lease.token) {
+            Ok(inv) => {
+                self.script = inv.script().name();
+                Step::Call(inv)
+            }
+            Err(e) => Step::Done(Err(e)),
         }
     }
 }
 
-/// The async side every [`Guard`](super::Guard) and [`Permit`](super::Permit) shares: a
-/// connection handle, the optional watchdog, and the release that `Drop` finishes.
-pub(super) struct AsyncLease<C>
-where
-    C: redis::aio::ConnectionLike + Clone + Send + 'static,
-{
-    pub(super) lease: Lease,
-    con: C,
-    watchdog: Option<JoinHandle<()>>,
-    done: bool,
-}
+impl Flow for ReleaseFlow {
+    type Out = Released;
 
-impl<C> AsyncLease<C>
-where
-    C: redis::aio::ConnectionLike + Clone + Send + 'static,
-{
-    /// Starts the watchdog when `max_hold` is set; the hold is counted from `sent_at`.
-    pub(super) fn new(lease: Lease, con: C, max_hold: Option<Duration>, sent_at: Instant) -> Result<Self> {
-        let watchdog = match max_hold {
-            Some(max_hold) => Some(watchdog::spawn(lease.clone(), con.clone(), later(sent_at, max_hold))?),
-            None => None,
-        };
-        Ok(AsyncLease { lease, con, watchdog, done: false })
+    fn start(&mut self) -> Step<Released> {
+        self.send()
     }
 
-    pub(super) fn has_watchdog(&self) -> bool {
-        self.watchdog.is_some()
-    }
-
-    /// A handle for one call. Cloning is cheap for redis-rs's async handles (an `Arc`), and
-    /// lets the guard's methods take `&self`.
-    pub(super) fn con(&self) -> C {
-        self.con.clone()
-    }
-
-    /// Owns a lease clone and a handle rather than borrowing `self`: the future is Send without
-    /// requiring `C: Sync`, and does not tie up the guard.
-    pub(super) fn extend(&self, ttl: Duration) -> impl Future<Output = Result<Extended>> + Send + 'static {
-        let (lease, mut con) = (self.lease.clone(), self.con());
-        async move { lease.extend(&mut con, ttl).await }
-    }
-
-    pub(super) async fn release(&mut self) -> Result<Released> {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
+    fn on(&mut self, event: Event) -> Step<Released> {
+        match event {
+            Event::Woke => self.send(),
+            Event::Reply(Ok(value)) => {
+                Step::Done(one_or_zero(&Reply::new(self.script, value)).map(|yes| match yes {
+                    true => Released::Yes,
+                    false if self.maybe_ran && self.first_valid => Released::Earlier,
+                    false => Released::NotHeld,
+                }))
+            }
+            Event::Reply(Err(e)) => {
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                if !e.is_transient() || left.is_zero() {
+                    return Step::Done(Err(e));
+                }
+                self.maybe_ran |= e.is_connection();
+                // A short pause lets a reconnecting handle (ConnectionManager, cluster) settle.
+                let pause = Duration::from_millis(5).saturating_mul(1 << self.attempts.min(6));
+                Step::Sleep(pause.min(left))
+            }
         }
-        let outcome = self.lease.release(&mut self.con()).await;
-        // Only now: a release cancelled before this point is finished by Drop.
-        self.done = true;
-        self.lease.mark_lost(LostReason::Released);
-        outcome
     }
-}
 
-impl<C> Drop for AsyncLease<C>
-where
-    C: redis::aio::ConnectionLike + Clone + Send + 'static,
-{
-    fn drop(&mut self) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
-        }
-        if !self.done {
-            self.lease.release_in_background(self.con.clone());
-        }
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.deadline)
     }
 }

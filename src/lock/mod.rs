@@ -2,21 +2,45 @@
 //!
 //! Every operation is one call of one script from `scripts/lock/` (see [`call`]), and every
 //! expiry runs on the Redis server's clock. What a holder may rely on is measured on the local
-//! monotonic clock instead: [`Guard::valid_for`] counts from an [`Instant`](std::time::Instant)
+//! monotonic clock instead: [`Held::valid_for`] counts from an [`Instant`](std::time::Instant)
 //! taken *before* the acquire was sent, minus a drift margin of 1% of the TTL plus 2 ms, so the
 //! holder stops before the server can have expired the lock.
 //!
 //! A lock alone cannot stop a holder that was paused past its TTL (GC pause, swapped out, a
 //! stalled network) from acting on stale belief. Anything the lock protects should check the
-//! fencing token ([`Guard::fencing_token`]): [`Lock::fenced_write`] is such a check for a value
+//! fencing token ([`Held::fencing_token`]): [`Lock::fenced_write`] is such a check for a value
 //! kept in Redis, and refuses a writer whose token is older than one it has already seen.
 //!
-//! - [`Lock`] / [`Guard`] (async) / [`BlockingGuard`]: a mutex with fencing tokens, renewal
-//!   ([`Guard::extend`]) and an opt-in watchdog ([`Lock::watchdog`]).
-//! - [`Semaphore`] / [`Permit`] / [`BlockingPermit`]: up to N holders, each on a lease that
-//!   expires by itself; also a concurrency (in-flight) limiter.
-//! - [`LockKeys`], [`semaphore_key`]: the key layout, with the name inside a hash tag so every
-//!   key of one lock lives in one cluster slot.
+//! - [`Lock`]: a mutex with fencing tokens, renewal ([`Held::extend`]) and an opt-in watchdog
+//!   ([`Lock::watchdog`]); it hands out a [`Guard`] (async) or a [`BlockingGuard`].
+//! - [`Semaphore`]: up to N holders, each on a lease that expires by itself; also a concurrency
+//!   (in-flight) limiter. It hands out a [`Permit`] or a [`BlockingPermit`].
+//! - [`Held`]: the one held-lease type behind all four.
+//! - [`LockKeys`], [`semaphore_key`]: the key layout, with the name as the hash tag so every key
+//!   of one lock lives in one cluster slot.
+//!
+//! # Deadlines, and what happens when Redis is unreachable
+//!
+//! Every call returns within a bound, whatever the server does (down, paused, silent, failing
+//! over): `acquire` within its `timeout`, every other call within the primitive's deadline
+//! ([`DEFAULT_DEADLINE`], set with [`Lock::with_deadline`] / [`Semaphore::with_deadline`]);
+//! an acquire that must clean up (below) takes at most [`CLEANUP_MARGIN`] more. Async calls are
+//! cut at that instant; a blocking call cannot be interrupted, so each of its round trips is
+//! bounded by the connection's read and write timeouts (`redis::Client::get_connection_with_timeout`
+//! and `Connection::set_read_timeout`; a blocking connection has none by default, and a server
+//! that accepts and stays silent would block it forever).
+//!
+//! Locks fail closed: an error is never a lock. When Redis is unreachable, `try_acquire` and
+//! `acquire` return the error (acquire retries [transient](crate::Error::is_transient) errors
+//! with the same token until its timeout); `extend` returns the error and the holder's
+//! [`valid_for`](Held::valid_for) keeps counting down; `fenced_write` returns the error (the
+//! write may or may not have happened); `release` returns the error and the lease ends by its
+//! TTL (an async guard retries the release once more in the background as it drops).
+//!
+//! Nothing is left held by nobody: an acquire whose last attempt's outcome is unknown (cut at
+//! the deadline, connection lost) releases its token before returning and says so in
+//! [`Error::Abandoned`](crate::Error::Abandoned); a cancelled acquire future does the same from
+//! a spawned task (see each method's `# Cancel safety`).
 //!
 //! # Dropping a guard
 //!
@@ -25,6 +49,14 @@
 //! release on it (fire and forget); without a runtime, or if that release fails, the lease
 //! simply expires after its TTL. [`BlockingGuard`] and [`BlockingPermit`] hold no connection:
 //! dropping one leaves the lease to its TTL. Release explicitly when you can.
+//!
+//! # Connections
+//!
+//! An async guard keeps a clone of the connection handle it was acquired on (for renewal, the
+//! fenced write and the release in `Drop`), so async acquires take a handle that is `Clone`:
+//! a multiplexed connection, a `ConnectionManager`, a cluster connection. Any other async
+//! connection (one taken from a pool, a type of your own) takes one line:
+//! [`SharedConnection::new(con)`](SharedConnection).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -47,23 +79,37 @@
 //! # Ok(()) }
 //! ```
 
+mod acquire;
 mod backoff;
 pub mod call;
+mod held;
 mod lease;
 mod mutex;
 mod semaphore;
+mod shared;
 mod watchdog;
 
 use std::time::Duration;
 
 pub use backoff::Backoff;
-pub use mutex::{BlockingGuard, Guard, Lock};
-pub use semaphore::{BlockingPermit, Permit, Semaphore};
+pub use held::{BlockingGuard, BlockingPermit, Counted, Detached, Fenced, Guard, Held, Permit};
+pub use mutex::Lock;
+pub use semaphore::Semaphore;
+pub use shared::SharedConnection;
 
-use crate::{Error, Result};
+use crate::{Result, rules};
 
-/// The largest number the scripts accept (15 digits keep it exact as a Lua double).
-const MAX_WIRE: u64 = 999_999_999_999_999;
+/// How long a call without a timeout of its own (`try_acquire`, `release`, `extend`,
+/// `fenced_write`) may take by default before it fails with [`Error::Timeout`](crate::Error::Timeout).
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+/// How much longer than its timeout (or deadline) an acquire may take when it has to clean up:
+/// the release of a token that an attempt with no answer may have taken. An async acquire
+/// returns within timeout + this margin (plus the scheduler's delay in waking it; measured:
+/// under 15 ms). A blocking one cannot be cut: it returns within timeout + one read timeout of
+/// its connection (the attempt in flight at the timeout) + one more when it cleans up (the
+/// release is sent only within this margin).
+pub const CLEANUP_MARGIN: Duration = Duration::from_millis(150);
 
 /// The keys of one lock: `lock:{<resource>}`, `lock:{<resource>}:fence`,
 /// `lock:{<resource>}:data` and `lock:{<resource>}:seen`. The resource name is the hash tag,
@@ -77,7 +123,7 @@ const MAX_WIRE: u64 = 999_999_999_999_999;
 /// assert_eq!(keys.fence(), "lock:{orders}:fence");
 /// assert_eq!(keys.data(), "lock:{orders}:data");
 /// assert_eq!(keys.seen(), "lock:{orders}:seen");
-/// // A brace would end the hash tag early and scatter the keys over slots.
+/// // A `}` would end the hash tag early and scatter the keys over slots.
 /// assert!(LockKeys::new("a}b").is_err());
 /// assert!(LockKeys::new("").is_err());
 /// # Ok::<(), redis_primitives::Error>(())
@@ -92,16 +138,17 @@ pub struct LockKeys {
 }
 
 impl LockKeys {
-    /// The keys for `resource`. Refuses an empty name and one containing `{` or `}`.
-    pub fn new(resource: &str) -> Result<LockKeys> {
-        check_name("resource", resource)?;
+    /// The keys for `resource`: 1..=1024 bytes, without `}` (the shared hash-tag rule).
+    pub fn new(resource: impl Into<String>) -> Result<LockKeys> {
+        let resource = resource.into();
+        rules::tag("resource", &resource)?;
         let lock = format!("lock:{{{resource}}}");
         Ok(LockKeys {
-            resource: resource.to_owned(),
             fence: format!("{lock}:fence"),
             data: format!("{lock}:data"),
             seen: format!("{lock}:seen"),
             lock,
+            resource,
         })
     }
 
@@ -113,7 +160,8 @@ impl LockKeys {
     pub fn lock(&self) -> &str {
         &self.lock
     }
-    /// `lock:{<resource>}:fence`: the fencing counter; never expires.
+    /// `lock:{<resource>}:fence`: the last fencing token handed out; it expires with the lease
+    /// it was handed out for (losing it costs nothing: tokens have a floor of server time).
     pub fn fence(&self) -> &str {
         &self.fence
     }
@@ -121,14 +169,15 @@ impl LockKeys {
     pub fn data(&self) -> &str {
         &self.data
     }
-    /// `lock:{<resource>}:seen`: the highest fencing token that wrote `data`; never expires.
+    /// `lock:{<resource>}:seen`: the highest fencing token that wrote `data`; it lives exactly
+    /// as long as `data`.
     pub fn seen(&self) -> &str {
         &self.seen
     }
 }
 
-/// The key of the semaphore `name`: `sem:{<name>}`. Refuses an empty name and one containing
-/// `{` or `}`.
+/// The key of the semaphore `name`: `sem:{<name>}`. Refuses an empty name, one longer than
+/// 1024 bytes and one containing `}` (the shared hash-tag rule).
 ///
 /// ```
 /// assert_eq!(redis_primitives::lock::semaphore_key("uploads")?, "sem:{uploads}");
@@ -136,20 +185,8 @@ impl LockKeys {
 /// # Ok::<(), redis_primitives::Error>(())
 /// ```
 pub fn semaphore_key(name: &str) -> Result<String> {
-    check_name("name", name)?;
+    rules::tag("name", name)?;
     Ok(format!("sem:{{{name}}}"))
-}
-
-/// Refusing is clearer than escaping: an escaped name would be a second spelling of the same
-/// resource in any other language that reads these keys.
-fn check_name(arg: &'static str, name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::invalid(arg, "must not be empty"));
-    }
-    if name.contains(['{', '}']) {
-        return Err(Error::invalid(arg, "must not contain `{` or `}` (the name is the key's hash tag)"));
-    }
-    Ok(())
 }
 
 /// The outcome of an acquire: the lock (or permit) is ours, or someone else holds it.
@@ -207,23 +244,38 @@ impl<G> Acquire<G> {
 
 /// The outcome of a release.
 ///
+/// A release is a compare-and-delete, so it is resent when an attempt fails with a
+/// [transient](crate::Error::is_transient) error. The scripts keep no record of past releases:
+/// when a resend finds nothing held, the server cannot say whether the earlier attempt (whose
+/// reply was lost) released it or the lease had already ended. The guard's own clock decides
+/// between [`Released::Earlier`] and [`Released::NotHeld`] (see each).
+///
 /// ```
 /// use redis_primitives::lock::Released;
-/// assert!(Released::Yes.was_held());
+/// assert!(Released::Yes.was_held() && Released::Earlier.was_held());
+/// assert!(!Released::NotHeld.was_held());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Released {
-    /// This token held it, and it is free now.
+    /// This token held it, and this call's release freed it.
     Yes,
+    /// An earlier attempt of this same release got no answer (a connection was lost), and the
+    /// resend found nothing held by this token; the first attempt was sent while the lease was
+    /// still valid by the holder's clock. So that attempt released it — unless it reached the
+    /// server only after the lease had expired there (a server paused past the lease), or the
+    /// key was removed behind the crate's back (DEL, eviction, a failover that lost it).
+    Earlier,
     /// This token did not hold it (any more): it expired, was released already, or belongs to
-    /// someone else, who keeps it. Harmless, but the holder may have overrun its lease.
+    /// someone else, who keeps it. The holder may have overrun its lease. Also reported for a
+    /// resend that found nothing when the first attempt was sent after the lease had run out
+    /// by the holder's clock.
     NotHeld,
 }
 
 impl Released {
-    /// True for [`Released::Yes`].
+    /// True for [`Released::Yes`] and [`Released::Earlier`]: held until this release.
     pub fn was_held(self) -> bool {
-        self == Released::Yes
+        matches!(self, Released::Yes | Released::Earlier)
     }
 }
 
@@ -274,7 +326,7 @@ impl FencedWrite {
     }
 }
 
-/// Why a holder may no longer rely on its lock or permit (see [`Guard::lost`]).
+/// Why a holder may no longer rely on its lock or permit (see [`Held::lost`]).
 ///
 /// ```
 /// use redis_primitives::lock::LostReason;
@@ -293,25 +345,14 @@ pub enum LostReason {
     Released,
 }
 
-/// The TTL in whole milliseconds, as the scripts take it: at least 1 ms, at most 15 digits.
-fn ttl_ms(name: &'static str, ttl: Duration) -> Result<u64> {
-    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return Err(Error::invalid(name, "must be at least 1 ms"));
+impl LostReason {
+    /// The telemetry label.
+    fn label(self) -> &'static str {
+        match self {
+            LostReason::NotHeld => "not_held",
+            LostReason::Expired => "expired",
+            LostReason::MaxHold => "max_hold",
+            LostReason::Released => "released",
+        }
     }
-    if ms > MAX_WIRE {
-        return Err(Error::invalid(name, format!("must be at most {MAX_WIRE} ms")));
-    }
-    Ok(ms)
 }
-
-use crate::rules::check_token;
-
-/// `at + d`, saturating at a year ahead: `Instant + Duration` panics on overflow, and callers
-/// may pass `Duration::MAX` to mean "no limit".
-fn later(at: std::time::Instant, d: Duration) -> std::time::Instant {
-    let year = Duration::from_secs(86_400 * 365);
-    at.checked_add(d.min(year)).unwrap_or(at)
-}
-
-use crate::rules::token as new_token;

@@ -67,23 +67,22 @@ impl<'a> Manifest<'a> {
 }
 
 fn key(k: &KeySpec) -> Json {
-    Json::Object(vec![
-        ("index", Json::Int(k.index as u64)),
-        ("repeats", Json::Bool(k.repeats)),
-        ("role", Json::str(&k.role)),
-        ("pattern", Json::str(&k.pattern)),
-        ("description", Json::str(&k.description)),
-    ])
+    position(
+        k.index,
+        k.repeats,
+        [("role", &k.role), ("pattern", &k.pattern), ("description", &k.description)],
+    )
 }
 
 fn arg(a: &ArgSpec) -> Json {
-    Json::Object(vec![
-        ("index", Json::Int(a.index as u64)),
-        ("repeats", Json::Bool(a.repeats)),
-        ("name", Json::str(&a.name)),
-        ("type", Json::str(&a.ty)),
-        ("description", Json::str(&a.description)),
-    ])
+    position(a.index, a.repeats, [("name", &a.name), ("type", &a.ty), ("description", &a.description)])
+}
+
+/// A `@key` or `@arg` line: its position, then its three named fields.
+fn position(index: usize, repeats: bool, fields: [(&'static str, &str); 3]) -> Json {
+    let mut out = vec![("index", Json::Int(index as u64)), ("repeats", Json::Bool(repeats))];
+    out.extend(fields.into_iter().map(|(name, value)| (name, Json::str(value))));
+    Json::Object(out)
 }
 
 /// The JSON this file needs: no floats, no nulls.

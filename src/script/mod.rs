@@ -17,6 +17,7 @@
 //! assert_eq!(script::bundle().get("lock.release").unwrap().sha1(), release.sha1());
 //! ```
 
+mod batch;
 pub(crate) mod contract;
 mod invoke;
 mod load;
@@ -27,8 +28,9 @@ use std::sync::OnceLock;
 
 use include_dir::{Dir, include_dir};
 
+pub use batch::Batch;
 pub use contract::{ArgSpec, Contract, KeySpec, Mode};
-pub use invoke::{Batch, Invocation, ScriptCall};
+pub use invoke::{Invocation, ScriptCall};
 pub use load::{NodeLoad, preload, preload_async, preload_cluster};
 pub use manifest::Manifest;
 pub use reply::Reply;

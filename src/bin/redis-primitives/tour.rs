@@ -143,7 +143,7 @@ async fn rate_limit(
 
 async fn lock(con: &mut redis::aio::MultiplexedConnection, tag: &str, keys: &mut Vec<String>) -> TourResult {
     println!("\n2. Lock with fencing tokens: resource \"invoice-7\", TTL 300 ms");
-    let lock = Lock::new(&format!("{tag}-invoice-7"), Duration::from_millis(300))?;
+    let lock = Lock::new(format!("{tag}-invoice-7"), Duration::from_millis(300))?;
     let k = lock.keys();
     keys.extend([k.lock(), k.fence(), k.data(), k.seen()].map(str::to_owned));
     let Acquire::Acquired(a) = lock.try_acquire(con).await? else { return Err("the lock was taken".into()) };
