@@ -40,6 +40,20 @@ pub(crate) enum Step<T> {
     Done(Result<T>),
 }
 
+impl<T> Step<T> {
+    /// Sends the call `inv` was built into, after noting its script's name in `script` (to read
+    /// the reply with); an error building it finishes the flow with that error.
+    pub(crate) fn send(inv: Result<Invocation<'static>>, script: &mut &'static str) -> Step<T> {
+        match inv {
+            Ok(inv) => {
+                *script = inv.script().name();
+                Step::Call(inv)
+            }
+            Err(e) => Step::Done(Err(e)),
+        }
+    }
+}
+
 /// What happened since the last step.
 pub(crate) enum Event {
     /// The outcome of the call: the raw reply (NOSCRIPT already recovered), or the error,
@@ -198,13 +212,7 @@ impl<K: ScriptCall> Flow for Once<K> {
     type Out = K::Output;
 
     fn start(&mut self) -> Step<K::Output> {
-        match self.call.invocation() {
-            Ok(inv) => {
-                self.script = inv.script().name();
-                Step::Call(inv)
-            }
-            Err(e) => Step::Done(Err(e)),
-        }
+        Step::send(self.call.invocation(), &mut self.script)
     }
 
     fn on(&mut self, event: Event) -> Step<K::Output> {

@@ -31,6 +31,13 @@ pub(crate) fn tag(what: &'static str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`tag`], taking the name by value: what a constructor keeps.
+pub(crate) fn owned_tag(what: &'static str, s: impl Into<String>) -> Result<String> {
+    let s = s.into();
+    tag(what, &s)?;
+    Ok(s)
+}
+
 /// Any other name (a limiter's name, a consumer group, a consumer): 1..=1024 bytes.
 pub(crate) fn name(what: &'static str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > MAX_NAME {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, shared_cluster, unique};
+use common::{Server, shared_cluster, standalone_and_cluster, unique};
 use redis::Value;
 use redis_primitives::Error;
 use redis_primitives::ratelimit::{Gcra, MultiLimit, RateLimiter, Request, SlidingWindow, Subject};
@@ -301,13 +301,9 @@ where
     assert_eq!(per_tenant.peek(&mut con, &tenant, 1).await.unwrap().remaining, 100 - 2 - 7 - 1);
 }
 
-#[tokio::test]
-async fn one_budget_whichever_api_checks_it_standalone_and_cluster() {
-    let server = Server::start();
-    one_budget_whichever_api_checks_it(server.client().get_multiplexed_async_connection().await.unwrap())
-        .await;
-    one_budget_whichever_api_checks_it(shared_cluster().client().get_async_connection().await.unwrap()).await;
-}
+standalone_and_cluster!(one_budget_whichever_api, |con| {
+    one_budget_whichever_api_checks_it(con).await;
+});
 
 #[test]
 fn key_layouts_cannot_collide() {
@@ -349,20 +345,9 @@ async fn a_multi_limit_needs_one_hash_tag() {
     assert!(both.check_call(["ann"], 1).is_err(), "one subject per limiter");
 }
 
-#[tokio::test]
-async fn several_limits_are_all_or_nothing() {
-    let server = Server::start();
-    multi_limit_consumes_nothing_when_one_refuses(
-        server.client().get_multiplexed_async_connection().await.unwrap(),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn several_limits_are_all_or_nothing_on_a_cluster() {
-    let con = shared_cluster().client().get_async_connection().await.unwrap();
+standalone_and_cluster!(several_limits_are_all_or_nothing, |con| {
     multi_limit_consumes_nothing_when_one_refuses(con).await;
-}
+});
 
 #[test]
 fn bad_input_sent_raw_gets_an_error_naming_the_argument() {
@@ -530,7 +515,6 @@ where
     assert!(!short.check(&mut con, &subject, 1).await.unwrap().allowed, "penalty retries extend the lockout");
 }
 
-#[tokio::test]
-async fn weights_peek_reset_and_penalty_on_a_cluster() {
-    weights_peek_reset_and_penalty(shared_cluster().client().get_async_connection().await.unwrap()).await;
-}
+standalone_and_cluster!(weights_peek_reset_and_penalty_anywhere, |con| {
+    weights_peek_reset_and_penalty(con).await;
+});

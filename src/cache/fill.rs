@@ -143,10 +143,7 @@ impl<'c> Fill<'c> {
 }
 
 fn send<K: ScriptCall, T>(call: &K) -> Step<T> {
-    match call.invocation() {
-        Ok(inv) => Step::Call(inv),
-        Err(e) => Step::Done(Err(e)),
-    }
+    Step::send(call.invocation(), &mut "")
 }
 
 /// Leased reads until served, leased, or out of time (see the module docs).

@@ -149,8 +149,7 @@ impl Cache {
     /// plus 1 s for another caller's fill, deleted keys keep their tombstone 1 minute, each call
     /// returns within [`DEFAULT_DEADLINE`].
     pub fn new(segment: impl Into<String>) -> Result<Self> {
-        let segment = segment.into();
-        rules::tag("segment", &segment)?;
+        let segment = rules::owned_tag("segment", segment)?;
         Ok(Cache {
             segment: segment.into(),
             lease_ms: 10_000,

@@ -254,13 +254,7 @@ impl ReleaseFlow {
             self.first_valid = !self.lease.is_lost();
         }
         self.attempts = self.attempts.saturating_add(1);
-        match self.lease.target.release(&self.lease.token) {
-            Ok(inv) => {
-                self.script = inv.script().name();
-                Step::Call(inv)
-            }
-            Err(e) => Step::Done(Err(e)),
-        }
+        Step::send(self.lease.target.release(&self.lease.token), &mut self.script)
     }
 }
 

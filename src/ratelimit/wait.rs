@@ -20,10 +20,7 @@ impl Wait {
     }
 
     fn send(&self) -> Step<MultiDecision> {
-        match self.call.invocation() {
-            Ok(inv) => Step::Call(inv),
-            Err(e) => Step::Done(Err(e)),
-        }
+        Step::send(self.call.invocation(), &mut self.call.script_name())
     }
 }
 

@@ -65,18 +65,11 @@ impl<'a> CallSpan<'a> {
             }
             span
         };
-        CallSpan {
+        CallSpan::started(
             #[cfg(feature = "tracing")]
             span,
-            #[cfg(feature = "metrics")]
-            started: std::time::Instant::now(),
-            #[cfg(any(feature = "tracing", feature = "metrics"))]
             script,
-            #[cfg(any(feature = "tracing", feature = "metrics"))]
-            finished: false,
-            #[cfg(not(any(feature = "tracing", feature = "metrics")))]
-            _script: std::marker::PhantomData,
-        }
+        )
     }
 
     /// A pipeline of `calls` script calls ([`Batch`](crate::script::Batch)): a span only (each
@@ -95,14 +88,25 @@ impl<'a> CallSpan<'a> {
                 round_trips = Empty
             )
         };
+        // An empty name: batches are not counted as script calls in the metrics.
+        CallSpan::started(
+            #[cfg(feature = "tracing")]
+            span,
+            "",
+        )
+    }
+
+    /// Started now, for `script` (what the metrics count it as).
+    #[inline]
+    #[cfg_attr(not(any(feature = "tracing", feature = "metrics")), allow(unused_variables))]
+    fn started(#[cfg(feature = "tracing")] span: tracing::Span, script: &'a str) -> Self {
         CallSpan {
             #[cfg(feature = "tracing")]
             span,
             #[cfg(feature = "metrics")]
             started: std::time::Instant::now(),
-            // An empty name: batches are not counted as script calls in the metrics.
             #[cfg(any(feature = "tracing", feature = "metrics"))]
-            script: "",
+            script,
             #[cfg(any(feature = "tracing", feature = "metrics"))]
             finished: false,
             #[cfg(not(any(feature = "tracing", feature = "metrics")))]
