@@ -38,9 +38,11 @@ impl<C: ConnectionLike> SharedConnection<C> {
 }
 
 impl<C> SharedConnection<C> {
-    /// The connection back, once no other clone (a guard, a watchdog) holds it.
-    pub fn into_inner(self) -> Option<C> {
-        Arc::into_inner(self.inner).map(Mutex::into_inner)
+    /// The connection back, once no other clone (a guard, a watchdog, a release spawned by a
+    /// dropped guard) holds it; otherwise the shared handle itself, to try again later.
+    pub fn into_inner(self) -> Result<C, Self> {
+        let db = self.db;
+        Arc::try_unwrap(self.inner).map(Mutex::into_inner).map_err(|inner| SharedConnection { inner, db })
     }
 }
 
