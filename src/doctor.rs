@@ -146,12 +146,15 @@ struct Info(BTreeMap<String, String>);
 impl Info {
     fn read(con: &mut redis::Connection, section: &str) -> Result<Info> {
         let text: String = redis::cmd("INFO").arg(section).query(con)?;
-        Ok(Info(
+        Ok(Info::parse(&text))
+    }
+    fn parse(text: &str) -> Info {
+        Info(
             text.lines()
                 .filter_map(|l| l.split_once(':'))
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .collect(),
-        ))
+        )
     }
     fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
@@ -159,6 +162,17 @@ impl Info {
     fn num(&self, k: &str) -> Option<f64> {
         self.get(k)?.parse().ok()
     }
+}
+
+/// What server `INFO server` (as text) describes: `Redis 7.0.15`, or, for Valkey,
+/// `Valkey 9.1.2 (redis_version 7.2.4)`.
+///
+/// ```
+/// let info = "redis_version:7.2.4\r\nvalkey_version:9.1.2\r\n";
+/// assert_eq!(redis_primitives::doctor::describe_server(info), "Valkey 9.1.2 (redis_version 7.2.4)");
+/// ```
+pub fn describe_server(info: &str) -> String {
+    Server::of(&Info::parse(info)).describe()
 }
 
 /// What INFO says the server is.
@@ -244,29 +258,35 @@ fn node_checks(node: &str, con: &mut redis::Connection) -> Result<Vec<Check>> {
         )
     });
 
-    // Persistence: lock fencing counters and cache versions must survive a restart.
+    // Persistence: fencing tokens and cache versions survive data loss by themselves (both have a
+    // server-time floor); what a restart without persistence loses is every held lock (a second
+    // holder can take it while the first still works: only fenced writes stay safe) and every
+    // rate limit's history.
     let rdb = config(con, "save").is_some_and(|s| !s.trim().is_empty());
     let aof = info.get("aof_enabled") == Some("1");
     checks.push(match (rdb, aof) {
-        (_, true) => check("persistence", Status::Ok, "AOF on: fencing counters survive a restart".into()),
+        (_, true) => {
+            check("persistence", Status::Ok, "AOF on: held locks and rate limits survive a restart".into())
+        }
         (true, false) => check(
             "persistence",
             Status::Warn,
-            "RDB snapshots only: a restart can lose fencing-counter increments since the last \
-             snapshot, so tokens may repeat; enable appendonly yes (appendfsync everysec)"
+            "RDB snapshots only: a restart loses the locks taken and the requests counted since the \
+             last snapshot (fencing tokens still never repeat); enable appendonly yes (appendfsync \
+             everysec)"
                 .into(),
         ),
         (false, false) => check(
             "persistence",
             Status::Warn,
-            "no persistence: a restart resets lock fencing counters (tokens start again at 1, and \
-             a resource that saw higher tokens refuses new holders) and forgets rate limits; \
-             enable appendonly yes"
+            "no persistence: a restart frees every held lock and permit (a new holder may start \
+             while the old one still works; fenced writes still refuse the old one) and forgets \
+             rate limits; enable appendonly yes"
                 .into(),
         ),
     });
 
-    // Eviction policy: allkeys-* may evict lock keys and fencing counters.
+    // Eviction policy: allkeys-* may evict lock keys and limiter state.
     let maxmemory = info.num("maxmemory").unwrap_or(0.0);
     let policy = info.get("maxmemory_policy").unwrap_or("noeviction").to_owned();
     checks.push(if policy.starts_with("allkeys") && maxmemory > 0.0 {
@@ -274,7 +294,7 @@ fn node_checks(node: &str, con: &mut redis::Connection) -> Result<Vec<Check>> {
             "eviction policy",
             Status::Warn,
             format!(
-                "{policy} can evict lock keys, fencing counters and limiter state under memory \
+                "{policy} can evict lock keys and limiter state under memory \
                  pressure (a lock silently freed, a limit reset); use noeviction or volatile-*, \
                  or keep caches on a separate instance"
             ),

@@ -91,9 +91,9 @@ async fn tour(url: &str) -> TourResult {
     if redis_primitives::cluster::is_cluster(&info) {
         return Err("the tour runs on a standalone server; point REDIS_URL at one (the library itself runs on clusters)".into());
     }
-    let version = info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim();
+    let server = redis_primitives::doctor::describe_server(&info);
     let loaded = script::preload_async(&mut con).await?;
-    println!("Redis {version}; preloaded {loaded} scripts with SCRIPT LOAD.\n");
+    println!("{server}; preloaded {loaded} scripts with SCRIPT LOAD.\n");
     let tag = format!("tour-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let mut keys: Vec<String> = Vec::new();
 
