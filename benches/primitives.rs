@@ -2,6 +2,8 @@
 //!
 //! - `cargo bench --bench primitives [-- --runs N --ops-c1 N --ops-c64 N --out FILE]`: starts a
 //!   private redis-server (no persistence), runs the suite and writes BENCHMARKS.md.
+//! - `cargo bench --bench primitives -- --cost-only [--only JOB] [--runs N]`: only the server-cost
+//!   table, printed (the loop for tuning a script's cost).
 //! - `cargo test` runs this binary too (`test = true` in Cargo.toml), without `--bench`: a smoke
 //!   run of every case with a few operations, checking that the report is complete. Figures are
 //!   not asserted there: speed is measured by `cargo bench`, never in tests.
@@ -26,6 +28,14 @@ fn main() {
         suite::Config { runs: 1, ops_c1: 200, ops_c64: 128 }
     };
     let server = harness::Server::start();
+    if full && std::env::args().any(|a| a == "--cost-only") {
+        // Only the server-cost table, on stdout (BENCHMARKS.md untouched): the loop for tuning a
+        // script. `--only TEXT` keeps the jobs whose name contains TEXT.
+        let (rounds, n, limit) = (arg("--runs").and_then(|v| v.parse().ok()).unwrap_or(7), 2000, 1000);
+        let rows = suite::cost::run(&server.client(), rounds, n, limit, arg("--only").as_deref());
+        print!("{}", suite::cost::markdown(&rows, rounds, n, limit));
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let report = runtime.block_on(suite::run(&server.client(), config));
     if full {

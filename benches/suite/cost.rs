@@ -497,10 +497,12 @@ fn jobs(con: &mut Connection, limit: u64) -> Vec<Job> {
 }
 
 /// Measures every job: `rounds` rounds of `n` calls per variant.
-pub fn run(client: &redis::Client, rounds: usize, n: usize, limit: u64) -> Vec<CostRow> {
+/// `only`: keep the jobs whose name contains it.
+pub fn run(client: &redis::Client, rounds: usize, n: usize, limit: u64, only: Option<&str>) -> Vec<CostRow> {
     let mut con = client.get_connection().unwrap();
     script::preload(&mut con).unwrap();
-    let jobs = jobs(&mut con, limit);
+    let mut jobs = jobs(&mut con, limit);
+    jobs.retain(|j| only.is_none_or(|o| j.name.contains(o)));
     let mut best: Vec<Vec<f64>> = jobs.iter().map(|j| vec![f64::MAX; j.variants.len()]).collect();
     for round in 0..rounds {
         for (j, job) in jobs.iter().enumerate() {

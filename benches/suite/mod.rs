@@ -5,7 +5,7 @@
 //! redis-server: our API, a raw redis-rs EVALSHA of the same script with the same arguments,
 //! and the hand-rolled baseline a user would write without this crate.
 
-mod cost;
+pub mod cost;
 #[cfg(feature = "tower")]
 pub mod tower;
 
@@ -741,7 +741,7 @@ pub async fn run(client: &redis::Client, config: Config) -> Report {
     // Full runs: 7 rounds of 2,000 calls at limit 1000; smoke runs: a few calls at limit 10.
     let (rounds, n, limit) = if config.ops_c1 >= 1000 { (7, 2000, 1000) } else { (1, 20, 10) };
     let c = client.clone();
-    let costs = tokio::task::spawn_blocking(move || cost::run(&c, rounds, n, limit)).await.unwrap();
+    let costs = tokio::task::spawn_blocking(move || cost::run(&c, rounds, n, limit, None)).await.unwrap();
     let script_costs = (costs, rounds, n, limit);
     Report { redis_version, cores, config, rows, batch, server_cost, memory, consume, script_costs, sections }
 }
