@@ -38,6 +38,14 @@ pub(crate) fn owned_tag(what: &'static str, s: impl Into<String>) -> Result<Stri
     Ok(s)
 }
 
+/// [`owned_tag`] and the area's base key `<prefix>:{<name>}` built on it (the name is the hash
+/// tag, so every key derived from the base key shares its cluster slot).
+pub(crate) fn tagged_key(what: &'static str, prefix: &str, s: impl Into<String>) -> Result<(String, String)> {
+    let s = owned_tag(what, s)?;
+    let key = format!("{prefix}:{{{s}}}");
+    Ok((s, key))
+}
+
 /// Any other name (a limiter's name, a consumer group, a consumer): 1..=1024 bytes.
 pub(crate) fn name(what: &'static str, s: &str) -> Result<()> {
     if s.is_empty() || s.len() > MAX_NAME {

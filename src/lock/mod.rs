@@ -140,8 +140,7 @@ pub struct LockKeys {
 impl LockKeys {
     /// The keys for `resource`: 1..=1024 bytes, without `}` (the shared hash-tag rule).
     pub fn new(resource: impl Into<String>) -> Result<LockKeys> {
-        let resource = rules::owned_tag("resource", resource)?;
-        let lock = format!("lock:{{{resource}}}");
+        let (resource, lock) = rules::tagged_key("resource", "lock", resource)?;
         Ok(LockKeys {
             fence: format!("{lock}:fence"),
             data: format!("{lock}:data"),

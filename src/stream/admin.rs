@@ -100,8 +100,7 @@ impl Stream {
     /// The stream named `name` (1..=1024 bytes, no `}`: it is the hash tag of both keys, so
     /// the stream and its dead letters share a cluster slot).
     pub fn new(name: impl Into<String>) -> Result<Self> {
-        let name = rules::owned_tag("name", name)?;
-        let key = format!("stream:{{{name}}}");
+        let (name, key) = rules::tagged_key("name", "stream", name)?;
         let dead_key = format!("{key}:dead");
         Ok(Stream { name, key, dead_key, deadline: DEFAULT_DEADLINE })
     }

@@ -51,32 +51,36 @@ fn readme_table_lists_every_metric_and_nothing_else() {
         assert!(METRICS.iter().any(|m| m.name == name), "README lists {name}, which is not emitted");
     }
 }
+/// Runs `f` under a capturing subscriber and recorder: what a service would receive.
+#[cfg(all(feature = "tracing", feature = "metrics"))]
+fn captured(f: impl FnOnce()) -> (harness::telemetry::Traces, harness::telemetry::Metrics) {
+    let (traces, m) = (harness::telemetry::Traces::new(), harness::telemetry::Metrics::new());
+    tracing::subscriber::with_default(traces.clone(), || metrics::with_local_recorder(&m, f));
+    (traces, m)
+}
+
 /// Each hook, under a capturing subscriber and recorder: the events and metrics a service
 /// would receive.
 #[cfg(all(feature = "tracing", feature = "metrics"))]
 #[test]
 fn hooks_emit_events_and_metrics() {
-    use harness::telemetry::{Metrics, Traces};
-    let (traces, m) = (Traces::new(), Metrics::new());
-    tracing::subscriber::with_default(traces.clone(), || {
-        metrics::with_local_recorder(&m, || {
-            ratelimit_decision("api", true);
-            ratelimit_decision("api", false);
-            ratelimit_decision("api", false);
-            acquire(LeaseKind::Lock, "orders", AcquireOutcome::Acquired, Duration::from_millis(30), 2);
-            orphan_release(LeaseKind::Semaphore, "pool", false);
-            lease_renewed(LeaseKind::Lock, "orders");
-            lease_lost(LeaseKind::Lock, "orders", "expired");
-            cache_lookup("users", CacheOutcome::Stale);
-            cache_fill("users", FillOutcome::Computed, Duration::from_millis(5));
-            worker("orders", "billing", WorkerEvent::Reclaimed, 3);
-            worker("orders", "billing", WorkerEvent::DeadLettered, 1);
-            noscript("lock.acquire", true);
-            http_request("edge", HttpOutcome::FallbackRefused);
-            http_limiter_error("edge", &Error::Timeout("x".into()), "local", true);
-            http_limiter_recovered("edge");
-            describe();
-        })
+    let (traces, m) = captured(|| {
+        ratelimit_decision("api", true);
+        ratelimit_decision("api", false);
+        ratelimit_decision("api", false);
+        acquire(LeaseKind::Lock, "orders", AcquireOutcome::Acquired, Duration::from_millis(30), 2);
+        orphan_release(LeaseKind::Semaphore, "pool", false);
+        lease_renewed(LeaseKind::Lock, "orders");
+        lease_lost(LeaseKind::Lock, "orders", "expired");
+        cache_lookup("users", CacheOutcome::Stale);
+        cache_fill("users", FillOutcome::Computed, Duration::from_millis(5));
+        worker("orders", "billing", WorkerEvent::Reclaimed, 3);
+        worker("orders", "billing", WorkerEvent::DeadLettered, 1);
+        noscript("lock.acquire", true);
+        http_request("edge", HttpOutcome::FallbackRefused);
+        http_limiter_error("edge", &Error::Timeout("x".into()), "local", true);
+        http_limiter_recovered("edge");
+        describe();
     });
     let c = |name: &str, labels: &[(&str, &str)]| m.counter(name, labels);
     assert_eq!(c(RATELIMIT_DECISIONS, &[("limiter", "api"), ("decision", "allowed")]), 1);
@@ -122,14 +126,10 @@ fn hooks_emit_events_and_metrics() {
 #[cfg(all(feature = "tracing", feature = "metrics"))]
 #[test]
 fn unfinished_call_span_reports_cancelled() {
-    use harness::telemetry::{Metrics, Traces};
-    let (traces, m) = (Traces::new(), Metrics::new());
-    tracing::subscriber::with_default(traces.clone(), || {
-        metrics::with_local_recorder(&m, || {
-            drop(CallSpan::script("lock.release", Some(b"lock:{a}")));
-            let ok = CallSpan::script("lock.release", Some(b"lock:{a}"));
-            ok.finish(&Ok(()), 2, NoScript::Recovered);
-        })
+    let (traces, m) = captured(|| {
+        drop(CallSpan::script("lock.release", Some(b"lock:{a}")));
+        let ok = CallSpan::script("lock.release", Some(b"lock:{a}"));
+        ok.finish(&Ok(()), 2, NoScript::Recovered);
     });
     let spans = traces.spans_named("script_call");
     assert_eq!(spans.len(), 2);

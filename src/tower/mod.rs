@@ -67,6 +67,17 @@ use service::Shared;
 use crate::ratelimit::{MultiLimit, RateLimiter};
 use crate::{Error, Result};
 
+/// Builder setters that store their argument in the field of the same name: one line each.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($field:ident: $ty:ty);)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, $field: $ty) -> Self {
+            self.$field = $field;
+            self
+        }
+    )*};
+}
+
 /// The limits a layer applies: a [`RateLimiter`] or a [`MultiLimit`] (`.into()`).
 #[derive(Debug, Clone)]
 pub struct Limits(MultiLimit);
@@ -148,16 +159,18 @@ impl<C, R> Builder<C, R> {
         }
     }
 
-    /// Which rate-limit headers to send (default [`HeaderStyle::Ietf`]).
-    pub fn headers(mut self, style: HeaderStyle) -> Self {
-        self.style = style;
-        self
-    }
-
-    /// Also send the rate-limit headers on admitted responses (default: only on refusals).
-    pub fn headers_on_allowed(mut self, on: bool) -> Self {
-        self.on_allowed = on;
-        self
+    setters! {
+        /// Which rate-limit headers to send (default [`HeaderStyle::Ietf`]).
+        headers(style: HeaderStyle);
+        /// Also send the rate-limit headers on admitted responses (default: only on refusals).
+        headers_on_allowed(on_allowed: bool);
+        /// The policy when Redis fails or is slower than the deadline (default [`OnFailure::Open`]).
+        on_failure(on_failure: OnFailure);
+        /// After a failure, how long the layer applies the failure policy without asking Redis
+        /// (default 1 s); zero asks Redis on every request.
+        retry_redis_after(retry_redis_after: Duration);
+        /// The most subjects the in-process fallback tracks (default 100,000).
+        fallback_max_keys(fallback_max_keys: usize);
     }
 
     /// How long one decision may take before the failure policy applies instead (default: the
@@ -165,25 +178,6 @@ impl<C, R> Builder<C, R> {
     /// with `with_deadline`). Bounds the latency the layer adds to a request whatever Redis does.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.limits = self.limits.with_deadline(deadline);
-        self
-    }
-
-    /// The policy when Redis fails or is slower than the deadline (default [`OnFailure::Open`]).
-    pub fn on_failure(mut self, policy: OnFailure) -> Self {
-        self.on_failure = policy;
-        self
-    }
-
-    /// After a failure, how long the layer applies the failure policy without asking Redis
-    /// (default 1 s); zero asks Redis on every request.
-    pub fn retry_redis_after(mut self, period: Duration) -> Self {
-        self.retry_redis_after = period;
-        self
-    }
-
-    /// The most subjects the in-process fallback tracks (default 100,000).
-    pub fn fallback_max_keys(mut self, n: usize) -> Self {
-        self.fallback_max_keys = n;
         self
     }
 
