@@ -1,9 +1,11 @@
 //! The algorithms and their parameters, checked before anything is sent. Adding an algorithm:
-//! a struct here, a variant of [`Limit`], its branch in the script (see ARCHITECTURE.md).
+//! its script, a struct here, a variant of [`Limit`] and its two arms below (see ARCHITECTURE.md);
+//! the call, its reply and every API taking a `Limit` need nothing more.
 
 use std::time::Duration;
 
 use crate::rules::{self, MAX};
+use crate::script::Id;
 use crate::{Error, Result};
 
 /// An exact sliding-window log: at most `limit` total cost within any `window`.
@@ -122,11 +124,33 @@ impl Limit {
         }
     }
 
-    /// The per-limit ARGV group, in the script's order.
-    pub(crate) fn wire_args(&self) -> [u64; 3] {
+    /// The limit as a GCRA equivalent, `(rate, period, burst)`: what an in-process stand-in
+    /// applies (a sliding window of `limit` per `window` is `limit` per `window`, burst `limit`).
+    pub(crate) fn as_rate(&self) -> (u64, Duration, u64) {
         match self {
-            Limit::SlidingWindow(w) => [w.limit, w.window_ms, 0],
-            Limit::Gcra(g) => [g.rate, g.period_ms, g.burst],
+            Limit::SlidingWindow(w) => (w.limit, w.window(), w.limit),
+            Limit::Gcra(g) => (g.rate, g.period(), g.burst),
+        }
+    }
+
+    /// The quota a client is told and the window it refers to: a sliding window's own; for GCRA
+    /// the time to refill a whole burst (`burst * period / rate`).
+    pub(crate) fn quota_window(&self) -> (u64, Duration) {
+        match self {
+            Limit::SlidingWindow(w) => (w.limit, w.window()),
+            Limit::Gcra(g) => {
+                let nanos = g.period().as_nanos() * u128::from(g.burst) / u128::from(g.rate.max(1));
+                (g.burst, Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64))
+            }
+        }
+    }
+
+    /// The algorithm's script and this limit's ARGV group, in the script's order. Every
+    /// algorithm's script takes `cost, flags` then one group per key and answers the same reply.
+    pub(crate) fn wire(&self) -> (Id, Vec<u64>) {
+        match self {
+            Limit::SlidingWindow(w) => (Id::RatelimitSlidingWindow, vec![w.limit, w.window_ms]),
+            Limit::Gcra(g) => (Id::RatelimitGcra, vec![g.rate, g.period_ms, g.burst]),
         }
     }
 }

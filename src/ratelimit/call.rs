@@ -52,21 +52,17 @@ impl Check {
                 return Err(Error::invalid("limits", format!("{k} is checked twice in one call")));
             }
         }
-        let script = match limits[0].1 {
-            Limit::SlidingWindow(_) => Id::RatelimitSlidingWindow,
-            Limit::Gcra(_) => Id::RatelimitGcra,
-        };
-        let mixed =
-            limits.iter().any(|(_, l)| std::mem::discriminant(l) != std::mem::discriminant(&limits[0].1));
-        if mixed {
-            return Err(Error::invalid("limits", "one call takes limits of one algorithm"));
-        }
-        let width = if script == Id::RatelimitGcra { 3 } else { 2 };
+        // One script decides every limit of a call: one algorithm per call.
+        let script = limits[0].1.wire().0;
         let mut keys = Vec::with_capacity(limits.len());
-        let mut args = Vec::with_capacity(limits.len() * width);
+        let mut args = Vec::with_capacity(limits.len() * 3);
         for (k, l) in limits {
+            let (id, group) = l.wire();
+            if id != script {
+                return Err(Error::invalid("limits", "one call takes limits of one algorithm"));
+            }
             keys.push(k);
-            args.extend_from_slice(&l.wire_args()[..width]);
+            args.extend(group);
         }
         Ok(Check { script, keys, args, cost, peek: false, penalty: request.penalty })
     }

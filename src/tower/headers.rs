@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::ratelimit::{Limit, MultiDecision, MultiLimit};
+use crate::ratelimit::{MultiDecision, MultiLimit};
 
 /// Which rate-limit headers the layer sends (on refusals always; on admitted responses when
 /// [`headers_on_allowed`](super::Builder::headers_on_allowed) is set). `Retry-After` is sent on
@@ -93,7 +93,7 @@ impl Headers {
             if i > 0 {
                 policy.push_str(", ");
             }
-            let (quota, window) = quota_window(l.limit());
+            let (quota, window) = l.limit().quota_window();
             let _ = write!(policy, "{name};q={quota};w={}", ceil_secs(window).max(1));
         }
         let policy = style.ietf().then(|| HeaderValue::from_str(&policy).ok()).flatten();
@@ -146,17 +146,6 @@ pub(crate) fn retry_after(into: &mut HeaderMap, after: Duration) {
     }
 }
 
-/// A limit's quota and the window it refers to: a sliding window's own; for GCRA the time to
-/// refill a whole burst (`burst * period / rate`).
-fn quota_window(limit: &Limit) -> (u64, Duration) {
-    match limit {
-        Limit::SlidingWindow(w) => (w.limit(), w.window()),
-        Limit::Gcra(g) => {
-            let nanos = g.period().as_nanos() * u128::from(g.burst()) / u128::from(g.rate().max(1));
-            (g.burst(), Duration::from_nanos(nanos.min(u128::from(u64::MAX)) as u64))
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -32,10 +32,7 @@ struct Share {
 
 impl Share {
     fn of(limit: &Limit, replicas: u64) -> Share {
-        let (rate, period, burst) = match limit {
-            Limit::SlidingWindow(w) => (w.limit(), w.window(), w.limit()),
-            Limit::Gcra(g) => (g.rate(), g.period(), g.burst()),
-        };
+        let (rate, period, burst) = limit.as_rate();
         let rate = rate.div_ceil(replicas).max(1);
         let burst = burst.div_ceil(replicas).max(1);
         let interval = (period.as_nanos() / u128::from(rate)).clamp(1, u128::from(u64::MAX)) as u64;
