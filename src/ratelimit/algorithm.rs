@@ -126,6 +126,7 @@ impl Limit {
 
     /// The limit as a GCRA equivalent, `(rate, period, burst)`: what an in-process stand-in
     /// applies (a sliding window of `limit` per `window` is `limit` per `window`, burst `limit`).
+    #[cfg(feature = "tower")]
     pub(crate) fn as_rate(&self) -> (u64, Duration, u64) {
         match self {
             Limit::SlidingWindow(w) => (w.limit, w.window(), w.limit),
@@ -135,6 +136,7 @@ impl Limit {
 
     /// The quota a client is told and the window it refers to: a sliding window's own; for GCRA
     /// the time to refill a whole burst (`burst * period / rate`).
+    #[cfg(feature = "tower")]
     pub(crate) fn quota_window(&self) -> (u64, Duration) {
         match self {
             Limit::SlidingWindow(w) => (w.limit, w.window()),
