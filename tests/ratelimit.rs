@@ -415,7 +415,7 @@ fn a_key_of_another_type_is_a_typed_error() {
 
 /// Keys written by an earlier version (README, "Upgrading"): a sliding-window log of text entries
 /// reads as empty and is replaced by packed entries on the next write; a text GCRA TAT still
-/// counts, and the next write packs it.
+/// counts, and the next write packs it (with its expiry).
 #[test]
 fn keys_in_an_older_layout_are_read_safely() {
     let server = Server::start();
@@ -439,7 +439,9 @@ fn keys_in_an_older_layout_are_read_safely() {
     let _: () = server.cmd(&["SET", &gk, &format!("{}.500000", now - 1)]);
     assert!(g.check_blocking(&mut con, "t", 1).unwrap().allowed);
     let tat: Vec<u8> = server.cmd(&["GET", &gk]);
-    assert!(tat.len() == 17 && tat[0] == 2, "{tat:?}");
+    assert!(tat.len() == 25 && tat[0] == 2, "{tat:?}");
+    let ttl: i64 = server.cmd(&["PTTL", &gk]);
+    assert!(ttl > 0, "the packed TAT has an expiry: {ttl}");
 }
 
 #[test]

@@ -177,18 +177,23 @@ fn fill(r: &mut Rng, pipe: &mut redis::Pipeline, key: &str, now: i64, role: &str
                 6 => r.pick(&["t1", "t2"]).as_bytes().to_vec(),
                 7 => b"1e300".to_vec(),
                 8 => b"12.5".to_vec(),
-                // A packed TAT (the GCRA layout), plausible or not.
+                // A packed TAT (the GCRA layout: TAT us, fraction, expiry ms), plausible or not.
                 12 | 13 => {
-                    let (us, frac) = match r.below(6) {
-                        0 => (f64::NAN, 0.0),
-                        1 => (1e300, 0.0),
-                        2 => ((now + 5) as f64, 1e6),
-                        3 => ((now + 5) as f64 + 0.5, 0.0),
-                        _ => ((now + r.below(10_000_000) as i64) as f64, r.below(1_000_000) as f64),
+                    let us = (now + r.below(10_000_000) as i64) as f64;
+                    let exp = (us / 1000.0).floor() + 1.0 + r.below(20_001) as f64;
+                    let (us, frac, exp) = match r.below(8) {
+                        0 => (f64::NAN, 0.0, exp),
+                        1 => (1e300, 0.0, exp),
+                        2 => (us, 1e6, exp),
+                        3 => (us + 0.5, 0.0, exp),
+                        4 => (us, 0.0, 1e300),
+                        5 => (us, 0.0, f64::NAN),
+                        _ => (us, r.below(1_000_000) as f64, exp),
                     };
                     let mut v = vec![if r.chance(90) { 2u8 } else { 1 }];
-                    v.extend(us.to_le_bytes());
-                    v.extend(frac.to_le_bytes());
+                    for f in [us, frac, exp] {
+                        v.extend(f.to_le_bytes());
+                    }
                     v
                 }
                 _ => r.pick(GARBAGE).as_bytes().to_vec(),

@@ -1,6 +1,6 @@
 --- @name ratelimit.gcra
 --- @summary GCRA (generic cell rate algorithm) for 1..N limits in one all-or-nothing call; weighted, peek.
---- @key 1.. tat rl:{<subject>}:<name> string, one per limit; keys must be distinct and, with 2 or more, share one non-empty hash tag; each expires once its limit is fully replenished (at most 2 * burst * period_ms / rate ms after the last counted call)
+--- @key 1.. tat rl:{<subject>}:<name> string, one per limit; keys must be distinct and, with 2 or more, share one non-empty hash tag; each expires between the time its limit is fully replenished and 2 * s ms later, s = min(burst * period_ms / rate / 8, 10000) rounded down, at least 1 (so at most 2.25 * burst * period_ms / rate + 1 ms after the last counted call)
 --- @arg 1 cost integer>=1 weight of this request, in cells (at most 999999999999999)
 --- @arg 2 flags integer 0..3 bit 1 = peek (dry run, read commands only), bit 2 = penalty (refusals count)
 --- @arg 3.. rate integer>=1 cells replenished per period (at most 10^12)
@@ -12,11 +12,14 @@
 --- @mode write
 --- @min-server 6.2
 
--- The key holds the theoretical arrival time (TAT): 17 bytes, a marker byte 2 then two
--- little-endian doubles (struct.pack '<Bdd'), server microseconds and a fraction in millionths of
+-- The key holds the theoretical arrival time (TAT): 25 bytes, a marker byte 2 then three
+-- little-endian doubles (struct.pack '<Bddd'): server microseconds and a fraction in millionths of
 -- a microsecond, because T in microseconds is often fractional and rounding it on every call would
--- drift. Packed, not text: matching and formatting it cost more than the commands. The text
--- layout before it ("<us>.<6 digits>") is still read, and rewritten packed by the next write.
+-- drift, then the key's expiry (unix ms). Packed, not text: matching and formatting it cost more
+-- than the commands. The expiry is set (PXAT) only when the TAT passes it, to the TAT + 2 * s
+-- (s as in the header): setting it costs about as much as the rest of the write, so the other
+-- writes keep it (KEEPTTL). The text layout before ("<us>.<6 digits>", expiring at the TAT) is
+-- still read, and rewritten packed by the next write.
 -- Arithmetic runs relative to now (small numbers, near-exact doubles); a slack of EPS cells absorbs
 -- float error so that burst calls at one instant admit exactly burst. A peek returns the same reply
 -- a real call would (dry run). Keys must be distinct: a key given twice would be read twice and
@@ -70,7 +73,7 @@ local now = t[1] * 1000000 + t[2]
 -- Read every key before deciding: nothing is written unless all limits allow. The state of a
 -- key: emission interval T (us), burst, backlog in cells; in these locals with one key, with more
 -- each key's goes into st too.
-local T, burst, used
+local T, burst, used, expiry
 local st = n > 1 and {} or nil
 local never, refused = 0, 0
 for i = 1, n do
@@ -97,20 +100,20 @@ for i = 1, n do
   -- returning the pcall error table hands back Redis' own WRONGTYPE on every version.
   local v = redis.pcall('GET', KEYS[i])
   -- Backlog in cells: how far the TAT lies ahead of now, in emission intervals (0 once replenished).
-  used = 0
+  used, expiry = 0, nil
   if v then
     if type(v) == 'table' then
       return v
     end
     local mark, us, frac
-    if #v == 17 then
-      mark, us, frac = struct.unpack('<Bdd', v)
+    if #v == 25 then
+      mark, us, frac, expiry = struct.unpack('<Bddd', v)
     end
     if mark ~= 2 then
       -- The text layout, or a foreign value.
       us, frac = match(v, '^(%d+)%.(%d%d%d%d%d%d)$')
       if us and #us <= 17 then
-        us, frac = us + 0, frac + 0
+        us, frac, expiry = us + 0, frac + 0, 0
       else
         us = nil
       end
@@ -119,7 +122,7 @@ for i = 1, n do
     -- leaves room for a clock step, and keeps every number below exact. A NaN fails every
     -- comparison.
     if not (us and us - now <= 4e15 and us >= 0 and us % 1 == 0 and frac >= 0 and frac < 1e6
-      and frac % 1 == 0) then
+      and frac % 1 == 0 and expiry >= 0 and expiry % 1 == 0 and expiry - us / 1000 <= 20002) then
       return redis.error_reply('CORRUPT key ' .. i .. ' (tat): value is not a TAT written by this script')
     end
     used = (us - now + frac / 1e6) / T
@@ -128,7 +131,7 @@ for i = 1, n do
     end
   end
   if st then
-    st[i] = { T, burst, used }
+    st[i] = { T, burst, used, expiry }
   end
   if cost > burst then
     never = (never > 0) and never or i
@@ -146,7 +149,7 @@ local record = counted and not peek
 local reply, wait = { allowed and 1 or 0, (never > 0) and never or refused, 0, 0, 0, 0, 0 }, 0
 for i = 1, n do
   if st then
-    T, burst, used = unpack(st[i], 1, 3)
+    T, burst, used, expiry = unpack(st[i], 1, 4)
   end
   local after = used
   if counted then
@@ -182,11 +185,21 @@ for i = 1, n do
     local whole = ahead - ahead % 1
     local frac = (ahead - whole) * 1e6
     frac = frac - frac % 1
-    -- The key dies once the TAT has passed, i.e. when the limit is fully replenished. PXAT, not
-    -- PX: Redis rewrites PX to PXAT for replication, which costs more than computing it here; a
-    -- number, not a string: Redis formats integers below 10^17 exactly.
-    redis.call('SET', KEYS[i], struct.pack('<Bdd', 2, now + whole, frac < 999999 and frac or 999999),
-      'PXAT', (now - now % 1000) / 1000 + reset + 1)
+    -- The key must live until the TAT has passed, i.e. until the limit is fully replenished: the
+    -- first whole ms after it is at or past it.
+    local tat = now + whole
+    local due = (tat - tat % 1000) / 1000 + 1
+    frac = frac < 999999 and frac or 999999
+    if expiry and expiry >= due then
+      redis.call('SET', KEYS[i], struct.pack('<Bddd', 2, tat, frac, expiry), 'KEEPTTL')
+    else
+      local s = burst * T / 8000
+      s = s - s % 1
+      s = s > 10000 and 10000 or (s < 1 and 1 or s)
+      -- PXAT, not PX: Redis rewrites PX to PXAT for replication, which costs more than computing
+      -- it here; a number, not a string: Redis formats integers below 10^17 exactly.
+      redis.call('SET', KEYS[i], struct.pack('<Bddd', 2, tat, frac, due + 2 * s), 'PXAT', due + 2 * s)
+    end
   end
 end
 reply[3] = wait
