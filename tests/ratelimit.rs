@@ -400,6 +400,42 @@ fn bad_input_sent_raw_gets_an_error_naming_the_argument() {
     }
 }
 
+/// A key given twice would be counted twice: refused, whether the keys are few (compared
+/// pairwise) or many (a table).
+#[test]
+fn a_key_repeated_in_one_raw_call_is_refused() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for (s, per_key) in [
+        (script::get("ratelimit.sliding_window").unwrap(), vec!["10", "1000"]),
+        (script::get("ratelimit.gcra").unwrap(), vec!["10", "1000", "10"]),
+    ] {
+        for n in [2usize, 3, 10] {
+            let mut inv = s.invoke();
+            for k in 0..n - 1 {
+                inv = inv.key(format!("rl:{{dup}}:k{k}"));
+            }
+            inv = inv.key(format!("rl:{{dup}}:k{}", n / 3)).arg("1").arg("0");
+            for _ in 0..n {
+                for a in &per_key {
+                    inv = inv.arg(*a);
+                }
+            }
+            match inv.query(&mut con) {
+                Err(Error::Script { code, message, .. }) => {
+                    assert_eq!(code, "BADARG");
+                    assert!(
+                        message.starts_with(&format!("keys: key {n} repeats")),
+                        "{} {n}: {message}",
+                        s.name()
+                    );
+                }
+                other => panic!("{} {n}: expected BADARG, got {other:?}", s.name()),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_key_of_another_type_is_a_typed_error() {
     let server = Server::start();

@@ -54,13 +54,23 @@ local peek, penalty = flags == '1' or flags == '3', flags >= '2'
 -- Several keys must be distinct and share a hash tag (Redis Cluster's rule: the first {...},
 -- non-empty), or a cluster refuses the call.
 if n > 1 then
-  local tag, seen = match(KEYS[1], '{([^}]*)}'), {}
+  local tag, seen = match(KEYS[1], '{([^}]*)}'), n > 8 and {}
   for i = 1, n do
-    if seen[KEYS[i]] then
-      return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+    local key = KEYS[i]
+    -- Few keys: compared pairwise (Lua strings compare by address), no table.
+    if seen then
+      if seen[key] then
+        return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+      end
+      seen[key] = true
+    else
+      for j = 1, i - 1 do
+        if KEYS[j] == key then
+          return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+        end
+      end
     end
-    seen[KEYS[i]] = true
-    if not tag or tag == '' or match(KEYS[i], '{([^}]*)}') ~= tag then
+    if not tag or tag == '' or match(key, '{([^}]*)}') ~= tag then
       return redis.error_reply('BADARG keys: several keys must share one non-empty {hash tag}')
     end
   end
