@@ -400,6 +400,42 @@ fn bad_input_sent_raw_gets_an_error_naming_the_argument() {
     }
 }
 
+/// A key given twice would be counted twice: refused, whether the keys are few (compared
+/// pairwise) or many (a table).
+#[test]
+fn a_key_repeated_in_one_raw_call_is_refused() {
+    let server = Server::start();
+    let mut con = server.conn();
+    for (s, per_key) in [
+        (script::get("ratelimit.sliding_window").unwrap(), vec!["10", "1000"]),
+        (script::get("ratelimit.gcra").unwrap(), vec!["10", "1000", "10"]),
+    ] {
+        for n in [2usize, 3, 10] {
+            let mut inv = s.invoke();
+            for k in 0..n - 1 {
+                inv = inv.key(format!("rl:{{dup}}:k{k}"));
+            }
+            inv = inv.key(format!("rl:{{dup}}:k{}", n / 3)).arg("1").arg("0");
+            for _ in 0..n {
+                for a in &per_key {
+                    inv = inv.arg(*a);
+                }
+            }
+            match inv.query(&mut con) {
+                Err(Error::Script { code, message, .. }) => {
+                    assert_eq!(code, "BADARG");
+                    assert!(
+                        message.starts_with(&format!("keys: key {n} repeats")),
+                        "{} {n}: {message}",
+                        s.name()
+                    );
+                }
+                other => panic!("{} {n}: expected BADARG, got {other:?}", s.name()),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_key_of_another_type_is_a_typed_error() {
     let server = Server::start();
@@ -411,6 +447,37 @@ fn a_key_of_another_type_is_a_typed_error() {
     assert!(matches!(sw.check_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
     assert!(matches!(g.check_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
     assert!(matches!(sw.peek_blocking(&mut con, "t", 1), Err(Error::WrongType { .. })));
+}
+
+/// Keys written by an earlier version (README, "Upgrading"): a sliding-window log of text entries
+/// reads as empty and is replaced by packed entries on the next write; a text GCRA TAT still
+/// counts, and the next write packs it (with its expiry).
+#[test]
+fn keys_in_an_older_layout_are_read_safely() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let sw = window(10, HOUR);
+    let g = gcra(10, HOUR);
+    let (sk, gk) = (sw.key("t").unwrap(), g.key("t").unwrap());
+    let t: Vec<String> = server.cmd(&["TIME"]);
+    let now: i64 = t[0].parse::<i64>().unwrap() * 1_000_000 + t[1].parse::<i64>().unwrap();
+    let old = format!("{now}:10:10:{now}:0");
+    let _: i64 = server.cmd(&["LPUSH", &sk, &old]);
+    // The TAT a full burst leaves: 10 cells of 6 minutes ahead.
+    let _: () = server.cmd(&["SET", &gk, &format!("{}.000000", now + 3_600_000_000)]);
+    let d = sw.peek_blocking(&mut con, "t", 1).unwrap();
+    assert!(d.allowed && d.remaining == 9, "{d:?}");
+    let d = sw.check_blocking(&mut con, "t", 1).unwrap();
+    assert!(d.allowed && d.remaining == 9, "{d:?}");
+    let entries: Vec<Vec<u8>> = server.cmd(&["LRANGE", &sk, "0", "-1"]);
+    assert!(entries.len() == 1 && entries[0].len() == 41 && entries[0][0] == 2, "{entries:?}");
+    assert!(!g.check_blocking(&mut con, "t", 1).unwrap().allowed, "the old TAT still counts");
+    let _: () = server.cmd(&["SET", &gk, &format!("{}.500000", now - 1)]);
+    assert!(g.check_blocking(&mut con, "t", 1).unwrap().allowed);
+    let tat: Vec<u8> = server.cmd(&["GET", &gk]);
+    assert!(tat.len() == 25 && tat[0] == 2, "{tat:?}");
+    let ttl: i64 = server.cmd(&["PTTL", &gk]);
+    assert!(ttl > 0, "the packed TAT has an expiry: {ttl}");
 }
 
 #[test]

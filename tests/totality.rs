@@ -137,6 +137,16 @@ fn now_us(con: &mut redis::Connection) -> i64 {
     t[0] * 1_000_000 + t[1]
 }
 
+/// A sliding-window log entry as the script packs it: a marker byte, then ts, cum, cost, fts and
+/// fbefore as little-endian doubles.
+fn sw_entry(marker: u8, fields: [f64; 5]) -> Vec<u8> {
+    let mut e = vec![marker];
+    for f in fields {
+        e.extend(f.to_le_bytes());
+    }
+    e
+}
+
 /// The type a key of this role holds when the scripts wrote it (see `fill`).
 fn natural(role: &str) -> u64 {
     match role {
@@ -157,36 +167,71 @@ fn fill(r: &mut Rng, pipe: &mut redis::Pipeline, key: &str, now: i64, role: &str
     match kind {
         0 => {} // absent
         1 => {
-            let v = match r.below(12) {
-                0 => format!("{}.{:06}", now + r.below(10_000_000) as i64, r.below(1_000_000)),
-                1 => "99999999999999999999000000.000000".to_owned(),
-                2 => (now + r.below(100) as i64).to_string(),
-                3 => "9007199254740990".to_owned(),
-                4 => "9007199254740991".to_owned(),
-                5 => r.below(100).to_string(),
-                6 => r.pick(&["t1", "t2"]).to_owned(),
-                7 => "1e300".to_owned(),
-                8 => "12.5".to_owned(),
-                _ => r.pick(GARBAGE).to_owned(),
+            let v: Vec<u8> = match r.below(14) {
+                0 => format!("{}.{:06}", now + r.below(10_000_000) as i64, r.below(1_000_000)).into_bytes(),
+                1 => b"99999999999999999999000000.000000".to_vec(),
+                2 => (now + r.below(100) as i64).to_string().into_bytes(),
+                3 => b"9007199254740990".to_vec(),
+                4 => b"9007199254740991".to_vec(),
+                5 => r.below(100).to_string().into_bytes(),
+                6 => r.pick(&["t1", "t2"]).as_bytes().to_vec(),
+                7 => b"1e300".to_vec(),
+                8 => b"12.5".to_vec(),
+                // A packed TAT (the GCRA layout: TAT us, fraction, expiry ms), plausible or not.
+                12 | 13 => {
+                    let us = (now + r.below(10_000_000) as i64) as f64;
+                    let exp = (us / 1000.0).floor() + 1.0 + r.below(20_001) as f64;
+                    let (us, frac, exp) = match r.below(8) {
+                        0 => (f64::NAN, 0.0, exp),
+                        1 => (1e300, 0.0, exp),
+                        2 => (us, 1e6, exp),
+                        3 => (us + 0.5, 0.0, exp),
+                        4 => (us, 0.0, 1e300),
+                        5 => (us, 0.0, f64::NAN),
+                        _ => (us, r.below(1_000_000) as f64, exp),
+                    };
+                    let mut v = vec![if r.chance(90) { 2u8 } else { 1 }];
+                    for f in [us, frac, exp] {
+                        v.extend(f.to_le_bytes());
+                    }
+                    v
+                }
+                _ => r.pick(GARBAGE).as_bytes().to_vec(),
             };
             pipe.cmd("SET").arg(key).arg(v).ignore();
         }
         2 => {
-            // A sliding-window log, newest first; sometimes with a foreign entry.
+            // A sliding-window log, newest first (packed entries); sometimes with a foreign
+            // entry, or in the text layout before it.
             let k = 1 + r.below(12);
             let mut ts: Vec<i64> = (0..k).map(|_| now - r.below(120_000_000) as i64).collect();
             ts.sort_unstable();
+            let text = r.chance(10);
             let (mut cum, mut entries) = (0u64, Vec::new());
             let (fts, fb) = (ts[0], 0);
             for t in &ts {
                 let c = 1 + r.below(3);
                 cum += c;
-                entries.push(format!("{t}:{cum}:{c}:{fts}:{fb}"));
+                entries.push(if text {
+                    format!("{t}:{cum}:{c}:{fts}:{fb}").into_bytes()
+                } else {
+                    sw_entry(2, [*t as f64, cum as f64, c as f64, fts as f64, fb as f64])
+                });
             }
             if r.chance(30) {
                 let i = r.below(k) as usize;
-                entries[i] =
-                    r.pick(&["garbage", "1:2:3", "99999999999999999999:1:1:1:1", "5:5:0:5:5"]).to_owned();
+                entries[i] = match r.below(8) {
+                    0 => sw_entry(2, [f64::NAN, 1.0, 1.0, 1.0, 1.0]),
+                    1 => sw_entry(2, [now as f64, 1.0, 0.0, now as f64, 0.0]),
+                    2 => sw_entry(2, [now as f64, 1.5, 1.0, now as f64, 0.0]),
+                    3 => sw_entry(2, [1e300, 1.0, 1.0, 1.0, 1.0]),
+                    4 => sw_entry(3, [now as f64, 1.0, 1.0, now as f64, 0.0]),
+                    5 => sw_entry(2, [now as f64, 1e20, 1.0, now as f64, 0.0]),
+                    _ => r
+                        .pick(&["garbage", "1:2:3", "99999999999999999999:1:1:1:1", "5:5:0:5:5"])
+                        .as_bytes()
+                        .to_vec(),
+                };
             }
             for e in entries {
                 pipe.cmd("LPUSH").arg(key).arg(e).ignore();

@@ -45,8 +45,18 @@ fn evalsha(name: &str, keys: &[&str], args: &[&str]) -> redis::Cmd {
     c
 }
 
+/// A sliding-window log entry as the script packs it: marker byte 2, then ts, cum, cost, fts and
+/// fbefore as little-endian doubles.
+fn entry(fields: [i64; 5]) -> Vec<u8> {
+    let mut e = vec![2u8];
+    for f in fields {
+        e.extend((f as f64).to_le_bytes());
+    }
+    e
+}
+
 /// Pushes `entries` in batches (newest first in the list: pushed oldest first).
-fn push_log(con: &mut redis::Connection, key: &str, entries: &[String]) {
+fn push_log(con: &mut redis::Connection, key: &str, entries: &[Vec<u8>]) {
     let _: () = redis::cmd("DEL").arg(key).query(con).unwrap();
     for chunk in entries.chunks(10_000) {
         let _: () = redis::cmd("LPUSH").arg(key).arg(chunk).query(con).unwrap();
@@ -66,10 +76,10 @@ fn sliding_window_with_100k_entries_mostly_expired_stays_under_1_ms() {
     let build = |con: &mut redis::Connection| {
         let now = now_us(con);
         let n = 100_000i64;
-        let entries: Vec<String> = (0..n)
+        let entries: Vec<Vec<u8>> = (0..n)
             .map(|i| {
                 let ts = now - 70_000_000 + i * 700;
-                format!("{ts}:{}:1:{}:0", i + 1, now - 70_000_000)
+                entry([ts, i + 1, 1, now - 70_000_000, 0])
             })
             .collect();
         push_log(con, &key, &entries);
@@ -94,7 +104,7 @@ fn sliding_window_refusal_with_unequal_costs_on_100k_entries_stays_under_1_ms() 
         for i in 0..100_000i64 {
             let c = 1 + (i % 7 == 0) as u64;
             cum += c;
-            entries.push(format!("{}:{cum}:{c}:{}:0", now - 50_000_000 + i * 100, now - 50_000_000));
+            entries.push(entry([now - 50_000_000 + i * 100, cum as i64, c as i64, now - 50_000_000, 0]));
         }
         push_log(con, &key, &entries);
     };

@@ -7,23 +7,29 @@
 --- @arg 4.. window_ms integer>=1 window length in ms (at most 10^12)
 --- @returns array {allowed, refused, retry_after_ms, then per limit: limit, remaining, retry_ms, reset_ms}
 --- @errors BADARG, CORRUPT (a log entry this script did not write)
---- @complexity per key, on a log of n <= limit entries: usually 2 to 4 commands; a binary search of at most log2(n) + 2 LINDEX probes only when more than one entry left the window since the last write, or when refusing with unequal costs; each LINDEX walks at most n entries; a write removes at most 64 entries
+--- @complexity per key, on a log of n <= limit entries: usually 2 to 4 commands; a binary search of at most log2(n) + 2 LINDEX probes only when more than one entry left the window since the last write, or when a refusal is decided by an entry newer than the oldest one in the window and costs are unequal (one LRANGE when they are equal); each LINDEX or LRANGE walks at most n entries; a write removes at most 64 entries
 --- @mode write
 --- @min-server 6.2
 
--- Layout: a list, newest entry at the head, entry "<ts>:<cum>:<cost>:<fts>:<fbefore>" with ts =
--- server time in microseconds (strictly increasing, so a clock step back cannot reorder the log),
--- cum the running total of costs logged on the key (mod 10^15), and fts, fbefore the time and the
--- running total before the first entry that was in the window when this one was written. The
--- cost inside the window is one subtraction: total - fbefore, read from the head alone while that
--- first entry is still in the window; once it has left, the first live entry is the tail, or is
--- found from the tail. The log keeps the newest `limit` entries at most: those sum to >= limit already (every
--- cost is >= 1), so an older entry can only ever be seen beside them, when every request is
--- refused anyway and the deciding entry lies among them. A write drops at most 64 expired entries
--- from the tail, and a log whose entries have all left the window is unlinked (freed off the main
--- thread). A peek returns the same reply a real call would (dry run). Keys must be distinct: a key
--- given twice would be read and written twice, counting one request double. Before this layout
--- the log was a sorted set: such a key is unlinked on the first write, and read as empty.
+-- Layout: a list, newest entry at the head; an entry is 41 bytes, a marker byte 2 then five
+-- little-endian doubles (struct.pack '<Bddddd'): ts = server time in microseconds (strictly
+-- increasing, so a clock step back cannot reorder the log), cum the running total of costs logged
+-- on the key (mod 10^15), the entry's cost, and fts, fbefore: the time and the running total
+-- before the first entry that was in the window when this one was written. Packed, not text:
+-- matching and formatting five numbers cost more than the commands. The cost inside the window
+-- is one subtraction: total - fbefore, read from the head alone while that first entry is still
+-- in the window; once it has left, the first live entry is the tail, or is found from the tail.
+-- The log keeps the newest `limit` entries at most: those sum to >= limit already (every cost is
+-- >= 1), so an older entry can only ever be seen beside them, when every request is refused
+-- anyway and the deciding entry lies among them. A write drops at most 64 expired entries from
+-- the tail, and a log whose entries have all left the window is unlinked (freed off the main
+-- thread). A peek returns the same reply a real call would (dry run). Keys must be distinct: a
+-- key given twice would be read and written twice, counting one request double. Older layouts
+-- (a sorted set, then a list of "ts:cum:cost:fts:fbefore" text entries) are read as empty and
+-- unlinked on the first write.
+--
+-- Cost (the server's time per call is the budget): the helpers of the slow paths are made only
+-- when one is taken, and with one key no per-key table is built (allocations per call).
 
 local n = #KEYS
 if n == 0 then
@@ -33,14 +39,17 @@ if #ARGV ~= 2 + 2 * n then
   return redis.error_reply('BADARG argc: expected 2 + 2 per key (got ' .. #ARGV .. ')')
 end
 -- Patterns, not tonumber alone: tonumber takes 'inf', '0x10' and '1e3'. Bounded values stay exact.
-local find, match, tonumber, fmt = string.find, string.match, tonumber, string.format
-local function int(s, max)
-  local x = find(s, '^[1-9]%d*$') and tonumber(s)
-  return x and x <= max and x
-end
-local cost = int(ARGV[1], 999999999999999)
-if not cost then
-  return redis.error_reply('BADARG cost: must be an integer 1..999999999999999')
+local find, tonumber = string.find, tonumber
+local INT = '^[1-9]%d*$'
+local cost = ARGV[1]
+-- The usual cost first: equal strings are one string in Lua, compared by address.
+if cost == '1' then
+  cost = 1
+else
+  cost = find(cost, INT) and tonumber(cost)
+  if not cost or cost > 999999999999999 then
+    return redis.error_reply('BADARG cost: must be an integer 1..999999999999999')
+  end
 end
 local flags = ARGV[2]
 if flags ~= '0' and flags ~= '1' and flags ~= '2' and flags ~= '3' then
@@ -50,13 +59,24 @@ local peek, penalty = flags == '1' or flags == '3', flags >= '2'
 -- Several keys must be distinct and share a hash tag (Redis Cluster's rule: the first {...},
 -- non-empty), or a cluster refuses the call.
 if n > 1 then
-  local tag, seen = match(KEYS[1], '{([^}]*)}'), {}
+  local match = string.match
+  local tag, seen = match(KEYS[1], '{([^}]*)}'), n > 8 and {}
   for i = 1, n do
-    if seen[KEYS[i]] then
-      return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+    local key = KEYS[i]
+    -- Few keys: compared pairwise (Lua strings compare by address), no table.
+    if seen then
+      if seen[key] then
+        return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+      end
+      seen[key] = true
+    else
+      for j = 1, i - 1 do
+        if KEYS[j] == key then
+          return redis.error_reply('BADARG keys: key ' .. i .. ' repeats an earlier key')
+        end
+      end
     end
-    seen[KEYS[i]] = true
-    if not tag or tag == '' or match(KEYS[i], '{([^}]*)}') ~= tag then
+    if not tag or tag == '' or match(key, '{([^}]*)}') ~= tag then
       return redis.error_reply('BADARG keys: several keys must share one non-empty {hash tag}')
     end
   end
@@ -66,42 +86,92 @@ local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 -- Totals kept in a log stay below 2 * 10^12, far under M, so differences mod M are exact.
 local M = 1e15
-local corrupt
 
--- ts, cum, cost, fts, fbefore of an entry; nil for one this script did not write (or one far
--- ahead of now). Numbers of any length stay finite: the reply is computed mod M or from ts.
-local function parse(e)
-  local ts, cum, c, fts, fb = match(e, '^(%d+):(%d+):([1-9]%d*):(%d+):(%d+)$')
-  if not ts or #e > 100 or ts - now > 1e15 or fts - ts > 0 then
-    return nil
+-- The slow paths' helpers, made on first use only (see above).
+local function helpers()
+  -- ts, cum, cost, fts, fbefore of an entry; nil for one this script did not write, or one far
+  -- ahead of now. Every number it returns is an integer below 2^53, exact. The head is checked
+  -- the same way inline, below.
+  local function parse_entry(e, now_us)
+    if #e ~= 41 then
+      return nil
+    end
+    local mark, ts, cum, c, fts, fb = struct.unpack('<Bddddd', e)
+    -- A NaN fails every comparison.
+    if mark == 2 and ts - now_us <= 1e15 and fts <= ts and fts >= 0 and c >= 1 and c < 1e15
+      and cum >= 0 and cum < 1e15 and fb >= 0 and fb < 1e15 and ts % 1 == 0 and fts % 1 == 0
+      and c % 1 == 0 and cum % 1 == 0 and fb % 1 == 0 then
+      return ts, cum, c, fts, fb
+    end
   end
-  return ts + 0, cum + 0, c + 0, fts + 0, fb + 0
-end
--- The entry m places from the head (0 = newest; negative from the tail), parsed. A missing or
--- foreign entry marks the key corrupt and reads as an entry at time 0.
-local function at(i, m)
-  local ts, cum, c = parse(redis.call('LINDEX', KEYS[i], m) or '')
-  if not ts then
-    corrupt = corrupt or i
-    return 0, 0, 1
+  -- The entry m places from the head (0 = newest; negative from the tail): ts, cum, cost; nil
+  -- for a missing or foreign one.
+  local function at(key, m, now_us)
+    return parse_entry(redis.call('LINDEX', key, m) or '', now_us)
   end
-  return ts, cum, c
+  -- The time of the newest stored entry that, with the entries after it, sums to more than
+  -- `over`: when it leaves the window, a request of this cost fits; nil when an entry is foreign.
+  -- Every cost is >= 1, so it lies at most `over` entries from the head, and every entry further
+  -- back qualifies too: read the bound and the entry just newer (the answer at once when costs
+  -- are equal), else search by halves.
+  local function deciding(key, total, expired, over, now_us)
+    local pair = redis.call('LRANGE', key, over > 0 and over - 1 or 0, over)
+    local lo, hi, ts = 0
+    if over > 0 and pair[2] then
+      ts = parse_entry(pair[2], now_us)
+      local nts, cum, c = parse_entry(pair[1], now_us)
+      if not (ts and nts) then
+        return nil
+      end
+      if (total - cum + c) % 1e15 <= over then
+        return ts
+      end
+      hi, ts = over - 1, nts
+    elseif over == 0 and pair[1] then
+      return (parse_entry(pair[1], now_us))
+    else
+      hi = math.min(over, redis.call('LLEN', key) - 1 - expired)
+      ts = at(key, hi, now_us)
+    end
+    while ts and lo < hi do
+      local mid = math.floor((lo + hi) / 2)
+      local mts, cum, c = at(key, mid, now_us)
+      if not mts then
+        return nil
+      elseif (total - cum + c) % 1e15 > over then
+        hi, ts = mid, mts
+      else
+        lo = mid + 1
+      end
+    end
+    return ts
+  end
+  return at, deciding
 end
+local at, deciding
 
--- Read every key before deciding: nothing is written unless all limits allow.
-local st, never, refused = {}, 0, 0
+-- Read every key before deciding: nothing is written unless all limits allow. The state of a
+-- key: limit, window (us), used, total, newest ts (-1: none), expired entries at the tail, the
+-- first live entry's ts, the running total before it and its cost (1, a lower bound, when only
+-- the head was read), state (0 empty, 1 live, 2 stale: nothing in the window, 3 old layout). It
+-- stays in these locals with one key; with more, each key's goes into st too.
+local limit, window, used, total, last, expired, fts, fbefore, fcost, state
+local st = n > 1 and {} or nil
+local corrupt, never, refused = nil, 0, 0
 for i = 1, n do
-  local limit, window = int(ARGV[1 + 2 * i], 1e12), int(ARGV[2 + 2 * i], 1e12)
-  if not limit then
+  limit, window = ARGV[1 + 2 * i], ARGV[2 + 2 * i]
+  limit = find(limit, INT) and tonumber(limit)
+  if not limit or limit > 1e12 then
     return redis.error_reply('BADARG limit[' .. i .. ']: must be an integer 1..1000000000000')
   end
-  if not window then
+  window = find(window, INT) and tonumber(window)
+  if not window or window > 1e12 then
     return redis.error_reply('BADARG window_ms[' .. i .. ']: must be an integer 1..1000000000000')
   end
-  local s = { limit = limit, window = window * 1000, used = 0, total = 0, last = -1, expired = 0 }
-  st[i] = s
+  window = window * 1000
+  used, total, last, expired, fts, fbefore, fcost, state = 0, 0, -1, 0, 0, 0, 1, 0
   -- Entries at or before lo have left the window.
-  local lo = now - s.window
+  local lo = now - window
   -- pcall on the first touch: Redis 6.2 wraps redis.call errors in "ERR Error running script",
   -- returning the pcall error table hands back Redis' own WRONGTYPE on every version.
   local head = redis.pcall('LINDEX', KEYS[i], 0)
@@ -109,46 +179,69 @@ for i = 1, n do
     if redis.call('TYPE', KEYS[i]).ok ~= 'zset' then
       return head
     end
-    s.old = true
+    state = 3
   elseif head then
-    local tsn, cumn, _, fts, fbefore = parse(head)
-    if not tsn then
-      corrupt = corrupt or i
+    -- The checks of parse_entry, inline: this is the hot path.
+    local mark, tsn, cumn, cn, f, fb
+    if #head == 41 then
+      mark, tsn, cumn, cn, f, fb = struct.unpack('<Bddddd', head)
+    end
+    if not (mark == 2 and tsn - now <= 1e15 and f <= tsn and f >= 0 and cn >= 1 and cn < 1e15
+      and cumn >= 0 and cumn < 1e15 and fb >= 0 and fb < 1e15 and tsn % 1 == 0 and f % 1 == 0
+      and cn % 1 == 0 and cumn % 1 == 0 and fb % 1 == 0) then
+      if find(head, '^%d+:%d+:%d+:%d+:%d+$') then
+        state = 3
+      else
+        corrupt = corrupt or i
+      end
     elseif tsn <= lo then
-      s.last, s.total, s.stale = tsn, cumn, true
+      last, total, state = tsn, cumn, 2
     else
-      s.last, s.total, s.live = tsn, cumn, true
-      if fts <= lo then
+      last, total, state, fts, fbefore = tsn, cumn, 1, f, fb
+      if f <= lo then
         -- The first live entry has changed: usually the tail, or the one before it.
-        local ts, cum, c = at(i, -1)
-        if ts <= lo then
-          local e = 1
-          ts, cum, c = at(i, -2)
-          if ts <= lo then
+        if not at then
+          at, deciding = helpers()
+        end
+        local key = KEYS[i]
+        local ts, cum, c = at(key, -1, now)
+        local e = 0
+        if ts and ts <= lo then
+          e = 1
+          ts, cum, c = at(key, -2, now)
+          if ts and ts <= lo then
             -- More left the window since the last write: find the last expired one by halves.
-            local hi = redis.call('LLEN', KEYS[i]) - 1
+            local hi = redis.call('LLEN', key) - 1
             e = 2
-            while e < hi do
+            while ts and e < hi do
               local mid = math.floor((e + hi + 1) / 2)
-              if at(i, -mid) <= lo then
+              ts = at(key, -mid, now)
+              if ts and ts <= lo then
                 e = mid
               else
                 hi = mid - 1
               end
             end
-            ts, cum, c = at(i, -e - 1)
+            if ts then
+              ts, cum, c = at(key, -e - 1, now)
+            end
           end
-          s.expired = e
         end
-        fts, fbefore = ts, (cum - c) % M
+        if ts then
+          expired, fts, fbefore, fcost = e, ts, (cum - c) % M, c
+        else
+          corrupt = corrupt or i
+        end
       end
-      s.fts, s.fbefore = fts, fbefore
-      s.used = (cumn - fbefore) % M
+      used = (total - fbefore) % M
     end
+  end
+  if st then
+    st[i] = { limit, window, used, total, last, expired, fts, fbefore, fcost, state }
   end
   if cost > limit then
     never = (never > 0) and never or i
-  elseif s.used + cost > limit and refused == 0 then
+  elseif used + cost > limit and refused == 0 then
     refused = i
   end
 end
@@ -158,108 +251,94 @@ end
 local allowed = never == 0 and refused == 0
 -- A penalty records the refused attempt too, unless it can never fit.
 local record = allowed or (penalty and never == 0)
-local ceil, floor = math.ceil, math.floor
-
--- The newest stored entry that, with the entries after it, sums to more than `over`: when it
--- leaves the window, a request of this cost fits. Every cost is >= 1, so it lies at most `over`
--- entries from the head, and every entry further back qualifies too: read the bound and the entry
--- just newer (the answer at once when costs are equal), else search by halves.
-local function deciding(i, s, over)
-  -- The bound and the entry just newer, in one read (a list walk each).
-  local pair = redis.call('LRANGE', KEYS[i], over > 0 and over - 1 or 0, over)
-  local hi, ts
-  local lo = 0
-  if over > 0 and pair[2] then
-    ts = parse(pair[2])
-    local nts, cum, c = parse(pair[1])
-    if not (ts and nts) then
-      corrupt = corrupt or i
-      return 0
-    end
-    if (s.total - cum + c) % M <= over then
-      return ts
-    end
-    hi, ts = over - 1, nts
-  elseif over == 0 and pair[1] then
-    return parse(pair[1]) or 0
-  else
-    hi = math.min(over, redis.call('LLEN', KEYS[i]) - 1 - s.expired)
-    ts = at(i, hi)
-  end
-  while lo < hi do
-    local mid = floor((lo + hi) / 2)
-    local mts, cum, c = at(i, mid)
-    if (s.total - cum + c) % M > over then
-      hi, ts = mid, mts
-    else
-      lo = mid + 1
-    end
-  end
-  return ts
-end
 
 -- Numbers describe the state after this call (penalty entry included), so sleeping retry_after works.
-local reply, wait = { allowed and 1 or 0, (never > 0) and never or refused, 0 }, 0
+local reply, wait = { allowed and 1 or 0, (never > 0) and never or refused, 0, 0, 0, 0, 0 }, 0
 for i = 1, n do
-  local s = st[i]
-  local limit, window, used = s.limit, s.window, s.used
-  local score = s.last < now and now or s.last + 1
-  if record then
-    used = used + cost
+  if st then
+    limit, window, used, total, last, expired, fts, fbefore, fcost, state = unpack(st[i], 1, 10)
   end
+  local score = last < now and now or last + 1
+  local after = record and used + cost or used
   local retry = 0
   if cost > limit then
     retry = -1
-  elseif not allowed and used + cost > limit then
+  elseif not allowed and after + cost > limit then
     -- Over limit - cost: the recorded attempt itself when it alone is too much, else a stored entry.
     local over = limit - cost
     local ts = score
     if not (record and cost > over) then
-      ts = deciding(i, s, record and over - cost or over)
+      if record then
+        over = over - cost
+      end
+      -- The entries from the head to the first live one sum to used > over; when the newer ones
+      -- sum to at most over, that first one decides, and its time came with the head.
+      if used - fcost <= over then
+        ts = fts
+      else
+        if not at then
+          at, deciding = helpers()
+        end
+        ts = deciding(KEYS[i], total, expired, over, now)
+        if not ts then
+          return redis.error_reply('CORRUPT key ' .. i .. ' (log): an entry not written by this script')
+        end
+      end
     end
-    retry = ceil((ts + window - now) / 1000)
+    -- (v + -v % 1000) / 1000 is ceil(v / 1000) for an integer v, without a C call.
+    local v = ts + window - now
+    retry = (v + -v % 1000) / 1000
   end
-  local newest = record and score or (s.live and s.last)
-  local reset = newest and ceil((newest + window - now) / 1000) or 0
+  local newest = record and score or (state == 1 and last)
+  local reset = 0
+  if newest then
+    reset = newest + window - now
+    reset = (reset + -reset % 1000) / 1000
+  end
   if wait >= 0 then
-    wait = (retry < 0) and -1 or math.max(wait, retry)
+    wait = (retry < 0) and -1 or (retry > wait and retry or wait)
   end
   reply[4 * i], reply[4 * i + 1], reply[4 * i + 2], reply[4 * i + 3] =
-    limit, used < limit and limit - used or 0, retry, reset
-  s.score = score
-end
-if corrupt then
-  return redis.error_reply('CORRUPT key ' .. corrupt .. ' (log): an entry not written by this script')
+    limit, after < limit and limit - after or 0, retry, reset
 end
 reply[3] = wait
 
 if record and not peek then
   for i = 1, n do
-    local s = st[i]
-    local total, window_ms = (s.total + cost) % M, s.window / 1000
-    if s.old or s.stale then
+    if st then
+      local s = st[i]
+      limit, window, total, last = s[1], s[2], s[4], s[5]
+      expired, fts, fbefore, state = s[6], s[7], s[8], s[10]
+    end
+    local key = KEYS[i]
+    local score = last < now and now or last + 1
+    if state >= 2 then
       -- Nothing in it counts any more: free it whole, off the main thread.
-      redis.call('UNLINK', KEYS[i])
-    elseif s.expired > 0 then
-      redis.call('LTRIM', KEYS[i], 0, -1 - (s.expired < 64 and s.expired or 64))
+      redis.call('UNLINK', key)
+    elseif expired > 0 then
+      redis.call('LTRIM', key, 0, -1 - (expired < 64 and expired or 64))
     end
     -- The first entry in the window after this write: the one found above, or this one.
-    local fts, fbefore = s.fts, s.fbefore
-    if not s.live then
-      fts, fbefore = s.score, s.total
+    if state ~= 1 then
+      fts, fbefore = score, total
     end
-    -- '%d', not tostring: tostring switches to exponent notation past 14 digits.
-    local len = redis.call('LPUSH', KEYS[i], fmt('%d:%d:%d:%d:%d', s.score, total, cost, fts, fbefore))
-    if len > s.limit then
-      redis.call('LTRIM', KEYS[i], 0, s.limit - 1)
+    local entry = struct.pack('<Bddddd', 2, score, (total + cost) % M, cost, fts, fbefore)
+    local len = redis.call('LPUSH', key, entry)
+    if len > limit then
+      redis.call('LTRIM', key, 0, limit - 1)
     end
     -- The key expires between window + slack and window + 2 slack after its newest entry, and
     -- only the first write of each slack-long period sets it: entries of one period share it.
-    local slack = floor(window_ms / 8)
+    local window_ms = window / 1000
+    -- Integers only: (x - x % d) / d is floor(x / d), without a C call.
+    local slack = (window_ms - window_ms % 8) / 8
     slack = slack > 10000 and 10000 or (slack < 1 and 1 or slack)
-    local period = floor((floor(s.score / 1000) + window_ms) / slack)
-    if s.last < 0 or s.old or s.stale or floor((floor(s.last / 1000) + window_ms) / slack) ~= period then
-      redis.call('PEXPIREAT', KEYS[i], fmt('%d', (period + 2) * slack))
+    local ends = (score - score % 1000) / 1000 + window_ms
+    local period = (ends - ends % slack) / slack
+    local before = (last - last % 1000) / 1000 + window_ms
+    if state ~= 1 or (before - before % slack) / slack ~= period then
+      -- A number, not a string: Redis formats integers below 10^17 exactly.
+      redis.call('PEXPIREAT', key, (period + 2) * slack)
     end
   end
 end
