@@ -32,13 +32,19 @@ if consumer == '' or #consumer > 1024 then
 end
 -- A full ID only: a bare '<ms>' would be read by XRANGE as a range of many entries.
 -- Each part is an unsigned 64-bit integer: Redis would answer "ERR Invalid stream ID" past 2^64-1.
-local function u64(part)
-  part = string.match(part, '^0*(%d.*)$')
-  return #part < 20 or (#part == 20 and part <= '18446744073709551615')
-end
+-- Up to 19 digits a part always fits (the usual case: one pattern, no more).
 local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-if not ms or #id > 83 or not u64(ms) or not u64(seq) then
+if not ms or #id > 83 then
   return redis.error_reply('BADARG id: must be a stream ID <ms>-<seq>, each part 0..18446744073709551615')
+end
+if #ms > 19 or #seq > 19 then
+  local function u64(part)
+    part = string.match(part, '^0*(%d.*)$')
+    return #part < 20 or (#part == 20 and part <= '18446744073709551615')
+  end
+  if not u64(ms) or not u64(seq) then
+    return redis.error_reply('BADARG id: must be a stream ID <ms>-<seq>, each part 0..18446744073709551615')
+  end
 end
 if #reason > 65536 then
   return redis.error_reply('BADARG reason: must be at most 65536 bytes')
@@ -62,7 +68,11 @@ if type(owned) ~= 'table' or owned[2] ~= consumer then
   return {0, '', 0}
 end
 -- A count set with XCLAIM RETRYCOUNT can exceed what a Lua double (and so the reply) holds exactly.
-local deliveries = math.min(tonumber(owned[4]) or 0, 9007199254740991)
+-- XPENDING answers it as an integer: a Lua number already.
+local deliveries = tonumber(owned[4]) or 0
+if deliveries > 9007199254740991 then
+  deliveries = 9007199254740991
+end
 
 local range = redis.call('XRANGE', KEYS[1], id, id)
 local entry = range[1]
@@ -73,22 +83,22 @@ if type(entry) ~= 'table' or type(entry[2]) ~= 'table' then
 end
 -- Copying is O(fields) while the server serves no one: refuse large entries before writing
 -- anything (unpack() would also fail past ~8000 values, Lua's C stack).
-if #entry[2] > 2000 then
-  return redis.error_reply('TOOBIG entry: ' .. #entry[2] / 2 .. ' fields, one call copies at most 1000')
+local fields = entry[2]
+if #fields > 2000 then
+  return redis.error_reply('TOOBIG entry: ' .. #fields / 2 .. ' fields, one call copies at most 1000')
 end
 
-local args = {'MAXLEN', '~', maxlen, '*', 'dead:id', id, 'dead:reason', reason,
-  'dead:deliveries', string.format('%d', deliveries), 'dead:group', group, 'dead:consumer', consumer}
-local first = 1
-if maxlen == '0' then
-  first = 4
-end
-local fields, n = entry[2], #args
-for i = 1, #fields do
-  args[n + i] = fields[i]
-end
 -- The first write: when it fails (the dead key holds another type), nothing was written yet.
-local dead = redis.pcall('XADD', KEYS[2], unpack(args, first))
+-- The fields go straight to XADD (unpack as the last argument), no table is built.
+local count = string.format('%d', deliveries)
+local dead
+if maxlen == '0' then
+  dead = redis.pcall('XADD', KEYS[2], '*', 'dead:id', id, 'dead:reason', reason, 'dead:deliveries', count,
+    'dead:group', group, 'dead:consumer', consumer, unpack(fields))
+else
+  dead = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'dead:id', id, 'dead:reason', reason,
+    'dead:deliveries', count, 'dead:group', group, 'dead:consumer', consumer, unpack(fields))
+end
 if type(dead) == 'table' and dead.err then
   return dead
 end
