@@ -680,18 +680,27 @@ async fn a_cancelled_acquire_gives_back_what_it_took() {
     assert!(pttl > 0 && pttl <= 10_000, "without a runtime the TTL ends it: pttl {pttl}");
 }
 
-/// The fencing token survives data loss: after a restart without persistence (and after a
-/// DEL of the fence key alone), a new holder's token is above the old holder's, so the old
-/// holder's writes are refused once the new one wrote, and the new one's are never refused.
-/// Tokens have a floor of server time (lock.acquire), so a lost counter restarts above them.
+/// The fencing token survives data loss: after a restart without persistence, a DEL of the
+/// fence key, and a roll-back of the fence key to its value before the old holder's acquire (a
+/// failover that lost that acquire's writes while keeping older ones), a new holder's token is
+/// above the old holder's, so the old holder's writes are refused once the new one wrote, and
+/// the new one's are never refused. Tokens have a floor of server time (lock.acquire), so a lost
+/// or rolled-back counter restarts above them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_survives_a_restart_and_the_loss_of_the_fence_key() {
     let mut server = Server::start();
     let mut stale_accepted = 0;
     let mut legit_refused = 0;
-    for (round, loss) in ["restart", "DEL fence", "restart, old writes first", "DEL fence, old writes first"]
-        .iter()
-        .enumerate()
+    for (round, loss) in [
+        "restart",
+        "DEL fence",
+        "roll back fence",
+        "restart, old writes first",
+        "DEL fence, old writes first",
+        "roll back fence, old writes first",
+    ]
+    .iter()
+    .enumerate()
     {
         let lock = Lock::new(format!("fence-loss-{round}"), Duration::from_secs(30)).unwrap();
         let mut a = server.conn();
@@ -701,10 +710,16 @@ async fn fencing_survives_a_restart_and_the_loss_of_the_fence_key() {
             assert!(g.fenced_write_blocking(&mut a, b"earlier", None).unwrap().is_written());
             g.release_blocking(&mut a).unwrap();
         }
+        let before: String = server.cmd(&["GET", lock.keys().fence()]);
         let old = lock.try_acquire_blocking(&mut a).unwrap().acquired().unwrap();
         assert!(old.fenced_write_blocking(&mut a, b"old", None).unwrap().is_written());
         if loss.starts_with("restart") {
             server.restart();
+        } else if loss.starts_with("roll back") {
+            // The new primary never saw the old holder's acquire: the fence key holds the token
+            // before it, and the lock is free.
+            let _: String = server.cmd(&["SET", lock.keys().fence(), &before, "PX", "30000"]);
+            let _: i64 = server.cmd(&["DEL", lock.keys().lock()]);
         } else {
             let _: i64 = server.cmd(&["DEL", lock.keys().fence(), lock.keys().lock()]);
         }

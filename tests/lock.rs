@@ -485,6 +485,39 @@ fn an_abandoned_lease_frees_after_its_ttl() {
     }
 }
 
+/// Tokens rise strictly on every acquire, the fence key stores each token's exact digits (the
+/// guard against a clock reading the same microsecond twice depends on it), a fence key ahead
+/// of the clock is continued from, and a foreign value in it is replaced by the time floor.
+#[test]
+fn tokens_rise_strictly_and_the_fence_key_holds_them_exactly() {
+    let server = Server::start();
+    let mut con = server.conn();
+    let lock = Lock::new(unique("exact"), Duration::from_secs(10)).unwrap();
+    let mut last = 0;
+    for _ in 0..200 {
+        let g = acquired(lock.try_acquire_blocking(&mut con).unwrap());
+        assert!(g.fencing_token() > last, "token {} after {last}", g.fencing_token());
+        last = g.fencing_token();
+        assert_eq!(server.cmd::<String>(&["GET", lock.keys().fence()]), last.to_string());
+        g.release_blocking(&mut con).unwrap();
+    }
+    // Ahead of the clock (a clock stepped back): the next token continues from it.
+    let ahead = last + 3_600_000_000; // an hour of microseconds
+    let _: String = server.cmd(&["SET", lock.keys().fence(), &ahead.to_string()]);
+    let g = acquired(lock.try_acquire_blocking(&mut con).unwrap());
+    assert_eq!(g.fencing_token(), ahead + 1);
+    assert_eq!(server.cmd::<String>(&["GET", lock.keys().fence()]), (ahead + 1).to_string());
+    g.release_blocking(&mut con).unwrap();
+    // Foreign content is replaced by the time floor: above every token the clock gave (`last`).
+    for foreign in ["abc", "1e300", "-5", "99999999999999999999"] {
+        let _: String = server.cmd(&["SET", lock.keys().fence(), foreign]);
+        let g = acquired(lock.try_acquire_blocking(&mut con).unwrap());
+        assert!(g.fencing_token() > last, "{foreign}: token {}", g.fencing_token());
+        assert_eq!(server.cmd::<String>(&["GET", lock.keys().fence()]), g.fencing_token().to_string());
+        g.release_blocking(&mut con).unwrap();
+    }
+}
+
 #[tokio::test]
 async fn semaphore_on_the_cluster() {
     let client = shared_cluster().client();

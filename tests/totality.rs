@@ -348,9 +348,7 @@ fn check_shape(name: &str, v: &Value, nkeys: usize) -> Result<(), String> {
     };
     let ok = match name {
         // Every rate-limit algorithm answers the same reply.
-        n if n.starts_with("ratelimit.") => {
-            ints(v, 3 + 4 * nkeys).is_some_and(|x| x[0] == 0 || x[0] == 1)
-        }
+        n if n.starts_with("ratelimit.") => ints(v, 3 + 4 * nkeys).is_some_and(|x| x[0] == 0 || x[0] == 1),
         "lock.acquire" | "lock.semaphore_acquire" | "cache.set" => {
             ints(v, 3).is_some_and(|x| x[0] == 0 || x[0] == 1)
         }

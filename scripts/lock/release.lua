@@ -26,13 +26,14 @@ end
 -- "ERR Error running script ...", while returning the pcall error table hands Redis' own
 -- reply (WRONGTYPE ...) back unchanged on every version.
 local holder = redis.pcall('GET', KEYS[1])
-if type(holder) == 'table' then
-  return holder
-end
 -- Compare and delete in one step: a plain DEL could remove a lock that expired and was then
 -- taken by someone else. Not holding it is a normal outcome (retry, expiry), not an error.
+-- Compared first: an error table never equals the token, so the usual path skips type().
 if holder == token then
   redis.call('DEL', KEYS[1])
   return 1
+end
+if type(holder) == 'table' then
+  return holder
 end
 return 0

@@ -146,7 +146,6 @@ pub(crate) fn retry_after(into: &mut HeaderMap, after: Duration) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
