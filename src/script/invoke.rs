@@ -270,7 +270,7 @@ pub trait ScriptCall {
 }
 
 /// A raw invocation is a call too: its output is the reply as it came, so raw calls of any
-/// scripts can share a [`Batch`].
+/// scripts can share a [`Batch`](super::Batch).
 impl ScriptCall for Invocation<'static> {
     type Output = Value;
     fn invocation(&self) -> Result<Invocation<'static>> {

@@ -14,9 +14,10 @@
 //!   reclaims (INFO) and dead letters (WARN), NOSCRIPT reloads (DEBUG), an HTTP limiter that
 //!   became unavailable (WARN) or came back (INFO).
 //! - **metrics**: every name, its type and labels are in [`METRICS`], and in one table in the
-//!   README (section "Observability"); [`describe`] registers their descriptions with the
-//!   installed recorder. Labels never carry a key, a lock name or a subject (unbounded
-//!   cardinality): only limiter, segment, stream and group names, script names and fixed words.
+//!   README (section "Observability"); `describe()` (`metrics` feature) registers their
+//!   descriptions with the installed recorder. Labels never carry a key, a lock name or a
+//!   subject (unbounded cardinality): only limiter, segment, stream and group names, script
+//!   names and fixed words.
 
 // Hooks are called by the areas as they report (some not yet), and their arguments go unused
 // without the features.
